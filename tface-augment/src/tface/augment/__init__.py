@@ -1,0 +1,1 @@
+"""Augmenters for tface (entry-point group ``tface.augmenters``)."""

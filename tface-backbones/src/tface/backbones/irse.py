@@ -1,0 +1,161 @@
+"""IR and IR-SE ResNets (ArcFace's "improved residual" units) laid out exactly as TFace v0.1.0.
+
+One generic builder, :func:`build_ir`, covers every depth TFace ships (18/34/50/100/152/200, optional SE),
+reproducing its state_dict grammar (``input_layer``, ``body.i.res_layer.k``, ``body.i.shortcut_layer.k``,
+``res_layer.se_block.fc{1,2}``, ``output_layer.{0,3,4}``) so TFace checkpoints load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+from tface.backbones.common import SEModule, check_choice, initialize_weights
+from tface.core.config import uses
+from torch import nn
+
+__all__ = ["IR", "UNITS", "IRConfig", "build_ir", "ir_18"]
+
+INPUT_SIZES: tuple[int, ...] = (112, 224)
+
+#: Units per stage. TFace calls depth 100 "IR_101"; both names are accepted.
+UNITS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 14, 3),
+    100: (3, 13, 30, 3),
+    101: (3, 13, 30, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+
+#: Depths from which TFace switches from basic to bottleneck units (and to 4× wider stages).
+BOTTLENECK_FROM = 152
+
+
+class BasicUnit(nn.Module):
+    """BN → 3×3 conv → BN → PReLU → 3×3 conv (stride) → BN [→ SE], plus shortcut; no activation after add."""
+
+    def __init__(self, in_c: int, depth: int, stride: int, se: bool = False) -> None:
+        super().__init__()
+        self.shortcut_layer = _shortcut(in_c, depth, stride)
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_c),
+            nn.Conv2d(in_c, depth, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(depth),
+            nn.PReLU(depth),
+            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(depth),
+        )
+        if se:
+            self.res_layer.add_module("se_block", SEModule(depth, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class BottleneckUnit(BasicUnit):
+    """BN → 1×1 → BN → PReLU → 3×3 → BN → PReLU → 1×1 (stride, ×4 width) → BN [→ SE], plus shortcut."""
+
+    def __init__(self, in_c: int, depth: int, stride: int, se: bool = False) -> None:
+        nn.Module.__init__(self)
+        mid = depth // 4
+        self.shortcut_layer = _shortcut(in_c, depth, stride)
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_c),
+            nn.Conv2d(in_c, mid, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.PReLU(mid),
+            nn.Conv2d(mid, mid, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.PReLU(mid),
+            nn.Conv2d(mid, depth, 1, stride, 0, bias=False),
+            nn.BatchNorm2d(depth),
+        )
+        if se:
+            self.res_layer.add_module("se_block", SEModule(depth, 16))
+
+
+def _shortcut(in_c: int, depth: int, stride: int) -> nn.Module:
+    """Parameter-free (sub)sampling when widths match, else a 1×1 projection; TFace uses MaxPool2d(1, s)."""
+    if in_c == depth:
+        return nn.MaxPool2d(1, stride)
+    return nn.Sequential(nn.Conv2d(in_c, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+
+
+class IR(nn.Module):
+    """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
+
+    def __init__(
+        self,
+        units: Sequence[int],
+        channels: Sequence[int],
+        bottleneck: bool = False,
+        se: bool = False,
+        embedding_size: int = 512,
+        input_size: int = 112,
+        dropout: float = 0.4,
+    ) -> None:
+        super().__init__()
+        self.embedding_size = embedding_size
+        self.input_size = input_size
+        unit_cls = BottleneckUnit if bottleneck else BasicUnit
+        final = input_size // 16  # four stride-2 stages
+        # Attribute order fixes the state_dict order TFace writes: input_layer, output_layer, body.
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64)
+        )
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(channels[-1]),
+            nn.Dropout(dropout),
+            nn.Flatten(),
+            nn.Linear(channels[-1] * final * final, embedding_size),
+            nn.BatchNorm1d(embedding_size, affine=False),
+        )
+        blocks: list[nn.Module] = []
+        in_c = 64
+        for n, depth in zip(units, channels):
+            for j in range(n):
+                blocks.append(unit_cls(in_c, depth, 2 if j == 0 else 1, se))
+                in_c = depth
+        self.body = nn.Sequential(*blocks)
+        initialize_weights(self.modules())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_layer(self.body(self.input_layer(x)))
+
+
+def build_ir(
+    depth: int, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4, se: bool = False
+) -> IR:
+    """Build IR-``depth`` (IR-SE with ``se=True``) as TFace's ``IR_<depth>`` / ``IR_SE_<depth>``.
+
+    Depths below 152 use basic units with 64/128/256/512 channels; 152 and 200 use bottleneck units
+    with 256/512/1024/2048, as TFace does.
+    """
+    if depth not in UNITS:
+        raise ValueError(f"depth={depth!r} is not supported (choose from: {', '.join(map(str, UNITS))})")
+    check_choice("input_size", input_size, INPUT_SIZES)
+    if embedding_size <= 0:
+        raise ValueError(f"embedding_size={embedding_size!r} must be positive")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+    bottleneck = depth >= BOTTLENECK_FROM
+    channels = (256, 512, 1024, 2048) if bottleneck else (64, 128, 256, 512)
+    return IR(UNITS[depth], channels, bottleneck, se, embedding_size, input_size, dropout)
+
+
+@attrs.define
+class IRConfig:
+    """Recipe options shared by the IR/IR-SE factories; field names equal the factories' keywords."""
+
+    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
+    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
+    dropout: float = attrs.field(default=0.4, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
+
+
+@uses(IRConfig)
+def ir_18(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
+    """IR-18 (TFace ``IR_18``): 24.0 M parameters at 112/512, most of them in the output Linear."""
+    return build_ir(18, embedding_size, input_size, dropout)

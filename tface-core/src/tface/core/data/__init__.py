@@ -1,0 +1,1 @@
+"""Data: TFRecord + index datasets, verification ``.bin`` files, SynthFace."""

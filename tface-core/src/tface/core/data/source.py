@@ -1,0 +1,58 @@
+"""Dataset sources (entry-point group ``tface.datasets``).
+
+A source turns recipe options into a training dataset (``(image, label)`` items, a ``num_classes``
+attribute) and may offer evaluation files for protocols (``eval_sets``), so a recipe can say "evaluate
+on whatever held-out data this source ships" without knowing where it lives.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import torch
+from torch.utils.data import Dataset
+
+from tface.core.data.dataset import IndexedTFRecordDataset
+
+__all__ = ["DatasetSource", "IndexedTFRecordSource", "Transform"]
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class DatasetSource(abc.ABC):
+    """Base class for ``tface.datasets`` entries."""
+
+    @abc.abstractmethod
+    def train_dataset(self, transform: Transform | None = None) -> Dataset:
+        """The training set; items are ``(float image [3, H, W] in [-1, 1], int label)``."""
+
+    def eval_sets(self) -> dict[str, dict[str, Path]]:
+        """Evaluation files this source offers: ``{protocol: {dataset name: path}}``."""
+        return {}
+
+
+class IndexedTFRecordSource(DatasetSource):
+    """TFace-format shards + index (``name<TAB>shard<TAB>offset<TAB>label``)."""
+
+    @attrs.define
+    class Config:
+        index: Path
+        root: Path | None = None
+        verify_crc: bool = True
+        bins: list[Path] = attrs.field(factory=list)
+
+    def __init__(self, index: Path, root: Path | None = None, verify_crc: bool = True,
+                 bins: list[Path] | None = None):
+        self.index = Path(index)
+        self.root = Path(root) if root is not None else None
+        self.verify_crc = verify_crc
+        self.bins = [Path(b) for b in bins or []]
+
+    def train_dataset(self, transform: Transform | None = None) -> IndexedTFRecordDataset:
+        return IndexedTFRecordDataset(self.index, self.root, transform=transform, verify_crc=self.verify_crc)
+
+    def eval_sets(self) -> dict[str, dict[str, Path]]:
+        return {"verification": {b.stem: b for b in self.bins}} if self.bins else {}

@@ -1,0 +1,189 @@
+"""SynthFace as a data source: procedural identities written as TFace shards + index + verification ``.bin``.
+
+Generation is deterministic in the seed and the sizes, so the cache folder is named after them; a run
+finding a complete folder (its ``synthface.json`` manifest is written last) reuses it. Rendering is
+split over processes per identity, and each identity's images depend only on ``(seed, identity)``, so
+the bytes do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import numpy as np
+from PIL import Image
+
+from tface.core.data import synthrender
+from tface.core.data.binfile import write_bin
+from tface.core.data.dataset import IndexedTFRecordDataset
+from tface.core.data.source import DatasetSource, Transform
+from tface.core.data.writer import ShardWriter
+from tface.core.fsutil import atomic_write_bytes
+
+__all__ = ["SynthFaceSource", "SynthPaths", "default_cache_root"]
+
+RECORD_NAME = "synthface"
+MANIFEST = "synthface.json"
+_pos = attrs.validators.gt(0)
+
+
+def default_cache_root() -> Path:
+    """``$TFACE_CACHE``, else ``$XDG_CACHE_HOME/tface``, else ``~/.cache/tface``."""
+    if os.environ.get("TFACE_CACHE"):
+        return Path(os.environ["TFACE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tface"
+
+
+@attrs.frozen
+class SynthPaths:
+    root: Path
+    index: Path
+    bin: Path
+
+
+def _jpeg(img: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _render_identity(args: tuple[int, int, int, int]) -> list[bytes]:
+    seed, index, count, quality = args
+    identity = synthrender.train_identity(seed, index)
+    return [_jpeg(img, quality) for img in synthrender.train_images(seed, index, identity, count)]
+
+
+def _render_pairs(args: tuple[int, int, int, float, int, int, int]) -> list[tuple[bytes, bytes, bool]]:
+    seed, num_identities, num_pairs, hard_fraction, start, stop, quality = args
+    return [(_jpeg(a, quality), _jpeg(b, quality), same)
+            for a, b, same in synthrender.verification_pairs(seed, num_identities, num_pairs, hard_fraction,
+                                                             start=start, stop=stop)]
+
+
+class SynthFaceSource(DatasetSource):
+    """Procedural face identities; the default training data of the quickstart (no download)."""
+
+    @attrs.define
+    class Config:
+        seed: int = 0
+        identities: int = attrs.field(default=400, validator=attrs.validators.ge(2))
+        images_per_identity: int = attrs.field(default=30, validator=_pos)
+        val_identities: int = attrs.field(default=200, validator=attrs.validators.ge(2))
+        val_pairs: int = attrs.field(default=2000, validator=[_pos, lambda _s, _a, v: _even(v)])
+        hard_fraction: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+        cache_dir: Path | None = None
+        workers: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+        jpeg_quality: int = attrs.field(default=95, validator=[attrs.validators.ge(1), attrs.validators.le(100)])
+
+    def __init__(self, seed: int = 0, identities: int = 400, images_per_identity: int = 30,
+                 val_identities: int = 200, val_pairs: int = 2000, hard_fraction: float = 0.5,
+                 cache_dir: Path | None = None, workers: int = 0, jpeg_quality: int = 95):
+        self.seed, self.identities, self.images_per_identity = seed, identities, images_per_identity
+        self.val_identities, self.val_pairs, self.hard_fraction = val_identities, val_pairs, hard_fraction
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.workers = workers or os.cpu_count() or 1
+        self.jpeg_quality = jpeg_quality
+
+    @property
+    def key(self) -> str:
+        """Folder name: every input of the bytes, plus the renderer version."""
+        return (f"v{synthrender.VERSION}-s{self.seed}-i{self.identities}x{self.images_per_identity}"
+                f"-v{self.val_identities}p{self.val_pairs}h{self.hard_fraction:g}-q{self.jpeg_quality}")
+
+    def folder(self) -> Path:
+        return (self.cache_dir if self.cache_dir is not None else default_cache_root() / "synthface") / self.key
+
+    def _manifest(self) -> dict:
+        return {"generator": "synthface", "version": synthrender.VERSION, "seed": self.seed,
+                "identities": self.identities, "images_per_identity": self.images_per_identity,
+                "val_identities": self.val_identities, "val_pairs": self.val_pairs,
+                "hard_fraction": self.hard_fraction, "jpeg_quality": self.jpeg_quality}
+
+    def paths(self, root: Path | None = None) -> SynthPaths:
+        root = root or self.folder()
+        return SynthPaths(root, root / f"{RECORD_NAME}.txt", root / f"{RECORD_NAME}-val.bin")
+
+    def is_complete(self, root: Path | None = None) -> bool:
+        manifest = (root or self.folder()) / MANIFEST
+        try:
+            return json.loads(manifest.read_text()) == self._manifest()
+        except (OSError, ValueError):
+            return False
+
+    def _pool(self):
+        if self.workers <= 1:
+            return None
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        return mp.get_context(method).Pool(self.workers)
+
+    def _map(self, pool, fn, jobs: list) -> Iterator:
+        if pool is None:
+            return map(fn, jobs)
+        return pool.imap(fn, jobs, chunksize=max(1, len(jobs) // (8 * self.workers)))
+
+    def generate(self, root: Path | None = None) -> SynthPaths:
+        """Write shards, index, ``.bin`` and manifest into ``root`` (default: the cache folder).
+
+        Output is assembled in a temporary sibling folder and renamed into place, so an interrupted or
+        concurrent generation never leaves a half-written data set behind.
+        """
+        final = Path(root) if root is not None else self.folder()
+        if self.is_complete(final):
+            return self.paths(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        pool = self._pool()
+        try:
+            with ShardWriter(tmp, RECORD_NAME) as writer:
+                jobs = [(self.seed, i, self.images_per_identity, self.jpeg_quality) for i in range(self.identities)]
+                for label, images in enumerate(self._map(pool, _render_identity, jobs)):
+                    for data in images:
+                        writer.add(data, label)
+            chunk = max(2, self.val_pairs // (4 * self.workers))
+            jobs = [(self.seed, self.val_identities, self.val_pairs, self.hard_fraction, s,
+                     min(s + chunk, self.val_pairs), self.jpeg_quality) for s in range(0, self.val_pairs, chunk)]
+            images: list[bytes] = []
+            issame: list[bool] = []
+            for part in self._map(pool, _render_pairs, jobs):
+                for a, b, same in part:
+                    images += [a, b]
+                    issame.append(same)
+            paths = self.paths(tmp)
+            write_bin(paths.bin, images, issame)
+            atomic_write_bytes(tmp / MANIFEST, (json.dumps(self._manifest(), indent=2) + "\n").encode())
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+        if final.exists() and not self.is_complete(final):
+            shutil.rmtree(final)  # an incomplete leftover from an older crash
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first; its bytes are identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.paths(final)
+
+    def train_dataset(self, transform: Transform | None = None) -> IndexedTFRecordDataset:
+        paths = self.generate()
+        return IndexedTFRecordDataset(paths.index, paths.root, transform=transform)
+
+    def eval_sets(self) -> dict[str, dict[str, Path]]:
+        return {"verification": {"synthface-val": self.generate().bin}}
+
+
+def _even(v: int) -> None:
+    if v % 2:
+        raise ValueError(f"val_pairs must be even (half genuine, half impostor), got {v}")

@@ -1,0 +1,164 @@
+"""TFRecord framing and ``tf.train.Example`` codec, owned by tface.
+
+Framing: ``u64 length (little-endian) | u32 masked CRC32C(length) | payload | u32 masked CRC32C(payload)``.
+The Example parser is hand-written (the format is a few varints), so reading never touches a protobuf
+descriptor pool: a process that already imported TensorFlow's, TFace's or the ``tfrecord`` package's
+generated ``Example`` module reads these files just the same.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO
+
+import crc32c as _crc32c
+import numpy as np
+
+__all__ = [
+    "RecordError",
+    "masked_crc",
+    "frame",
+    "read_record_at",
+    "parse_example",
+    "HEADER",
+    "FOOTER",
+]
+
+HEADER = 12  # u64 length + u32 length CRC
+FOOTER = 4  # u32 payload CRC
+_MASK_DELTA = 0xA282EAD8
+
+
+class RecordError(IOError):
+    """A record that cannot be read: names the file and byte offset."""
+
+
+def masked_crc(data: bytes) -> int:
+    crc = _crc32c.crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(payload: bytes) -> bytes:
+    """One framed record (what a TFRecord writer appends)."""
+    length = struct.pack("<Q", len(payload))
+    return length + struct.pack("<I", masked_crc(length)) + payload + struct.pack("<I", masked_crc(payload))
+
+
+def read_record_at(f: BinaryIO, offset: int, *, path: str = "?", verify: bool = True) -> bytes:
+    """The payload of the record starting at ``offset``; raises :class:`RecordError` on any damage."""
+    f.seek(offset)
+    head = f.read(HEADER)
+    if len(head) < HEADER:
+        raise RecordError(f"{path}: offset {offset}: truncated record header ({len(head)} of {HEADER} bytes)")
+    (length,) = struct.unpack("<Q", head[:8])
+    if verify:
+        (want,) = struct.unpack("<I", head[8:])
+        if masked_crc(head[:8]) != want:
+            raise RecordError(f"{path}: offset {offset}: length CRC mismatch (not a record boundary?)")
+    body = f.read(length + FOOTER)
+    if len(body) < length + FOOTER:
+        raise RecordError(
+            f"{path}: offset {offset}: truncated record (needs {length + FOOTER} bytes, file has {len(body)})"
+        )
+    payload = body[:length]
+    if verify:
+        (want,) = struct.unpack("<I", body[length:])
+        if masked_crc(payload) != want:
+            raise RecordError(f"{path}: offset {offset}: payload CRC mismatch (corrupted record)")
+    return payload
+
+
+# --- protobuf wire format, just enough for Example / Features / Feature / *List -----------------------
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: memoryview):
+    """Yield (field number, wire type, value) where value is bytes (type 2) or int (types 0, 1, 5)."""
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > n:
+                raise ValueError("truncated length-delimited field")
+            yield number, wire, buf[pos : pos + length]
+            pos += length
+        elif wire == 0:
+            value, pos = _read_varint(buf, pos)
+            yield number, wire, value
+        elif wire == 1:
+            yield number, wire, int.from_bytes(buf[pos : pos + 8], "little")
+            pos += 8
+        elif wire == 5:
+            yield number, wire, int.from_bytes(buf[pos : pos + 4], "little")
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _parse_feature(buf: memoryview) -> list[bytes] | np.ndarray:
+    for number, wire, value in _fields(buf):
+        if number == 1 and wire == 2:  # BytesList
+            return [bytes(v) for n, w, v in _fields(value) if n == 1 and w == 2]
+        if number == 2 and wire == 2:  # FloatList (packed or not)
+            floats: list[float] = []
+            for n, w, v in _fields(value):
+                if n == 1 and w == 2:
+                    floats.extend(np.frombuffer(bytes(v), dtype="<f4").tolist())
+                elif n == 1 and w == 5:
+                    floats.append(float(np.frombuffer(v.to_bytes(4, "little"), dtype="<f4")[0]))
+            return np.asarray(floats, dtype=np.float32)
+        if number == 3 and wire == 2:  # Int64List (packed or not)
+            ints: list[int] = []
+            for n, w, v in _fields(value):
+                if n == 1 and w == 2:
+                    pos = 0
+                    while pos < len(v):
+                        x, pos = _read_varint(v, pos)
+                        ints.append(_signed64(x))
+                elif n == 1 and w == 0:
+                    ints.append(_signed64(v))
+            return np.asarray(ints, dtype=np.int64)
+    return []
+
+
+def parse_example(payload: bytes) -> dict[str, list[bytes] | np.ndarray]:
+    """Parse a serialised ``tf.train.Example`` into ``{key: [bytes, ...] | ndarray}``."""
+    out: dict[str, list[bytes] | np.ndarray] = {}
+    buf = memoryview(payload)
+    for number, wire, features in _fields(buf):
+        if number != 1 or wire != 2:
+            continue
+        for n, w, entry in _fields(features):
+            if n != 1 or w != 2:
+                continue
+            key = None
+            feature: list[bytes] | np.ndarray = []
+            for en, ew, ev in _fields(entry):
+                if en == 1 and ew == 2:
+                    key = bytes(ev).decode("utf-8")
+                elif en == 2 and ew == 2:
+                    feature = _parse_feature(ev)
+            if key is not None:
+                out[key] = feature
+    return out

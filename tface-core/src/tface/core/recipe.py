@@ -1,0 +1,320 @@
+"""TOML recipes: load, apply ``--set`` overrides, validate every component, dump the resolved result.
+
+Each component table is ``{ name = "<registry name>", <options> }``. Options are validated by the
+component's own attrs ``Config`` at load time, so a typo fails before any data is generated or any
+model is built. Relative paths inside a recipe resolve against the recipe file's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from tface.core import registry
+from tface.core.config import ConfigError, closest, structure, unstructure, validate_options
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Component", "TrainConfig", "Recipe", "load", "loads", "apply_overrides", "dumps"]
+
+_ge0 = attrs.validators.ge(0)
+_gt0 = attrs.validators.gt(0)
+
+
+@attrs.define
+class Component:
+    """A registry name plus its validated options (defaults filled in)."""
+
+    kind: str
+    name: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+    def build(self, **extra: Any) -> Any:
+        """Instantiate the component; ``extra`` carries run-time arguments (e.g. ``num_classes``)."""
+        return registry.get(self.kind, self.name)(**self.options, **extra)
+
+    def to_table(self) -> dict[str, Any]:
+        return {"name": self.name, **unstructure(self.options)}
+
+
+@attrs.define
+class TrainConfig:
+    """Optimisation and loop settings (the ``[train]`` table)."""
+
+    max_steps: int = attrs.field(default=1000, validator=_gt0)
+    batch_size: int = attrs.field(default=64, validator=_gt0)
+    num_workers: int = attrs.field(default=0, validator=_ge0)
+    lr: float = attrs.field(default=0.1, validator=_gt0)
+    momentum: float = attrs.field(default=0.9, validator=[_ge0, attrs.validators.lt(1)])
+    nesterov: bool = False
+    weight_decay: float = attrs.field(default=5e-4, validator=_ge0)
+    warmup_steps: int = attrs.field(default=0, validator=_ge0)
+    warmup_start: float = attrs.field(default=0.1, validator=[_ge0, attrs.validators.le(1)])
+    lr_milestones: list[int] = attrs.field(factory=list)
+    lr_gamma: float = attrs.field(default=0.1, validator=_gt0)
+    log_every: int = attrs.field(default=20, validator=_gt0)
+    eval_at_start: bool = True
+    eval_every: int = attrs.field(default=0, validator=_ge0)
+    threads: int = attrs.field(default=0, validator=_ge0)
+
+    @lr_milestones.validator
+    def _sorted(self, _attr: Any, value: list[int]) -> None:
+        if list(value) != sorted(value) or any(v <= 0 for v in value):
+            raise ValueError(f"lr_milestones must be increasing positive steps, got {value}")
+
+
+@attrs.define
+class Recipe:
+    """A validated recipe. ``source`` is the file it came from (None for strings)."""
+
+    data: Component
+    backbone: Component
+    head: Component
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    augment: list[Component] = attrs.field(factory=list)
+    eval: list[Component] = attrs.field(factory=list)
+    seed: int = 0
+    device: str = "auto"
+    output_dir: Path | None = None
+    source: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seed": self.seed, "device": self.device}
+        if self.output_dir is not None:
+            out["output_dir"] = str(self.output_dir)
+        out["data"] = self.data.to_table()
+        out["backbone"] = self.backbone.to_table()
+        out["head"] = self.head.to_table()
+        out["train"] = unstructure(self.train)
+        if self.augment:
+            out["augment"] = [c.to_table() for c in self.augment]
+        if self.eval:
+            out["eval"] = [c.to_table() for c in self.eval]
+        return out
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+_COMPONENTS = {"data": "datasets", "backbone": "backbones", "head": "heads"}
+_COMPONENT_LISTS = {"augment": "augmenters", "eval": "protocols"}
+_TOP_LEVEL = {"seed", "device", "output_dir", "train", *_COMPONENTS, *_COMPONENT_LISTS}
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _resolve_paths(value: Any, base: Path) -> Any:
+    if isinstance(value, pathlib.PurePath):
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (base / p).resolve()
+    if isinstance(value, list):
+        return [_resolve_paths(v, base) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_resolve_paths(v, base) for v in value)
+    return value
+
+
+def _component(kind: str, table: Any, path: str, base: Path, problems: list[str]) -> Component | None:
+    if not isinstance(table, dict):
+        problems.append(f"{path}: expected a table with a name, got {json.dumps(table)}")
+        return None
+    name = table.get("name")
+    if not isinstance(name, str):
+        problems.append(f"{path}.name: required string naming a registered {kind[:-1]} "
+                        f"(one of: {', '.join(registry.names(kind)) or 'none installed'})")
+        return None
+    try:
+        obj = registry.get(kind, name)
+    except registry.RegistryError as exc:
+        problems.append(f"{path}.name: {exc}")
+        return None
+    options = {k: v for k, v in table.items() if k != "name"}
+    try:
+        kwargs = validate_options(obj, options, path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+    kwargs = {k: _resolve_paths(v, base) for k, v in kwargs.items()}
+    return Component(kind, name, kwargs)
+
+
+def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe:
+    problems: list[str] = []
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            hint = closest(key, sorted(_TOP_LEVEL))
+            problems.append(f"{key}: unknown key" + (f'; did you mean "{hint}"?' if hint else "")
+                            + f" (valid keys: {', '.join(sorted(_TOP_LEVEL))})")
+    parts: dict[str, Any] = {}
+    for key, kind in _COMPONENTS.items():
+        if key not in raw:
+            problems.append(f"{key}: required table is missing")
+            continue
+        parts[key] = _component(kind, raw[key], key, base, problems)
+    for key, kind in _COMPONENT_LISTS.items():
+        tables = raw.get(key, [])
+        if isinstance(tables, dict):
+            tables = [tables]
+        if not isinstance(tables, list):
+            problems.append(f"{key}: expected an array of tables ([[{key}]])")
+            continue
+        parts[key] = [_component(kind, t, f"{key}[{i}]", base, problems) for i, t in enumerate(tables)]
+    try:
+        train = structure(TrainConfig, raw.get("train", {}), "train")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        train = None
+    seed, device, output_dir = raw.get("seed", 0), raw.get("device", "auto"), raw.get("output_dir")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.append(f"seed: expected int, got {json.dumps(seed)}")
+    if device not in _DEVICES and not (isinstance(device, str) and device.startswith("cuda:")):
+        problems.append(f"device: expected one of {', '.join(_DEVICES)} or \"cuda:N\", got {json.dumps(device)}")
+    if output_dir is not None and not isinstance(output_dir, str):
+        problems.append(f"output_dir: expected string, got {json.dumps(output_dir)}")
+    if problems:
+        raise ConfigError(problems)
+    return Recipe(
+        data=parts["data"],
+        backbone=parts["backbone"],
+        head=parts["head"],
+        train=train,
+        augment=parts["augment"],
+        eval=parts["eval"],
+        seed=seed,
+        device=device,
+        output_dir=_resolve_paths(Path(output_dir), base) if output_dir else None,
+        source=source,
+    )
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (``0.4``, ``"x"``, ``[1, 2]``, ``true``); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if text and not any(c in text for c in "[]{}\"'=\n"):
+            return text
+        raise
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.path=TOML_VALUE`` overrides in place (integers index arrays of tables)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError([f"--set {item}: expected KEY.PATH=VALUE"])
+        try:
+            value = parse_value(text.strip())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"--set {key}: not a TOML value: {text!r} ({exc})"]) from None
+        node: Any = raw
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError([f"--set {key}: {where}: no item {part} (array has {len(node)})"])
+                idx = int(part)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError([f"--set {key}: {'.'.join(parts[:depth])} is not a table"])
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return raw
+
+
+def loads(text: str, overrides: Sequence[str] = (), base: Path | None = None, source: Path | None = None) -> Recipe:
+    """Validate recipe text; relative paths resolve against ``base`` (default: current directory)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source or '<recipe>'}: invalid TOML: {exc}"]) from None
+    apply_overrides(raw, overrides)
+    return _validate(raw, (base or Path.cwd()).resolve(), source)
+
+
+def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+    """Read and validate a recipe file; see :func:`loads`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read recipe: {exc.strerror or exc}"]) from None
+    try:
+        return loads(text, overrides, base=path.resolve().parent, source=path)
+    except ConfigError as exc:
+        if exc.problems and exc.problems[0].startswith(str(path)):
+            raise
+        raise ConfigError([f"{path}: {p}" for p in exc.problems]) from None
+
+
+# --- dumping (the resolved recipe saved in every run folder) ---------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, pathlib.PurePath):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "-_" for c in key) else json.dumps(key)
+
+
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _dump_table(data: Mapping[str, Any], prefix: str, lines: list[str]) -> None:
+    for k, v in data.items():
+        if not isinstance(v, dict) and not _is_table_array(v):
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in data.items():
+        name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+        if isinstance(v, dict):
+            lines.extend(["", f"[{name}]"])
+            _dump_table(v, name, lines)
+        elif _is_table_array(v):
+            for item in v:
+                lines.extend(["", f"[[{name}]]"])
+                _dump_table(item, name, lines)
+
+
+def dumps(data: Recipe | Mapping[str, Any]) -> str:
+    """TOML text for a recipe (or any nested dict of TOML-able values)."""
+    lines: list[str] = []
+    _dump_table(data.to_dict() if isinstance(data, Recipe) else data, "", lines)
+    return "\n".join(lines).lstrip("\n") + "\n"

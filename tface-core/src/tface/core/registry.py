@@ -1,0 +1,218 @@
+"""Component registry backed by Python entry points.
+
+Every component, built-in or third-party, is an entry point in one of the ``tface.<kind>`` groups.
+Listing reads distribution metadata only; an entry point is imported the first time it is asked for,
+and the result (object or failure) is cached. One broken plugin never stops the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import importlib_metadata
+
+from tface.core.config import closest, validate_options
+
+__all__ = [
+    "KINDS",
+    "Entry",
+    "RegistryError",
+    "UnknownComponentError",
+    "AmbiguousComponentError",
+    "PluginLoadError",
+    "entries",
+    "names",
+    "get",
+    "create",
+    "status",
+    "clear_cache",
+]
+
+KINDS: tuple[str, ...] = ("backbones", "heads", "losses", "augmenters", "datasets", "protocols", "plugins")
+CORE_DISTRIBUTION = "tface-core"
+LOAD_ENV = "TFACE_LOAD_PLUGINS"
+
+
+class RegistryError(LookupError):
+    """Base class for registry lookups that cannot be answered."""
+
+
+class UnknownComponentError(RegistryError):
+    pass
+
+
+class AmbiguousComponentError(RegistryError):
+    pass
+
+
+class PluginLoadError(RegistryError):
+    """An entry point failed to import; ``__cause__`` is the original exception."""
+
+
+def canonical(dist_name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", dist_name).lower()
+
+
+@attrs.frozen
+class Entry:
+    """Metadata of one registered component (no import needed)."""
+
+    kind: str
+    name: str
+    distribution: str
+    version: str
+    target: str
+    entry_point: Any = attrs.field(repr=False, eq=False)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.distribution}:{self.name}"
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        hint = closest(kind, KINDS)
+        raise RegistryError(
+            f"unknown component kind {kind!r}"
+            + (f'; did you mean "{hint}"?' if hint else "")
+            + f" (kinds: {', '.join(KINDS)})"
+        )
+    return kind
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get(LOAD_ENV)
+    if raw is None:
+        return None
+    allowed = {canonical(p.strip()) for p in raw.split(",") if p.strip()}
+    allowed.add(CORE_DISTRIBUTION)  # the host is always present
+    return allowed
+
+
+@functools.cache
+def _scan(kind: str, allowed: frozenset[str] | None) -> tuple[Entry, ...]:
+    found = []
+    seen: set[tuple[str, str]] = set()
+    for ep in importlib_metadata.entry_points(group=f"tface.{kind}"):
+        dist = ep.dist
+        dist_name = dist.metadata["Name"] if dist is not None else "unknown"
+        version = dist.version if dist is not None else "unknown"
+        if allowed is not None and canonical(dist_name) not in allowed:
+            continue
+        key = (canonical(dist_name), ep.name)
+        if key in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(key)
+        found.append(Entry(kind, ep.name, dist_name, version, ep.value, ep))
+    return tuple(sorted(found, key=lambda e: (e.name, canonical(e.distribution))))
+
+
+def entries(kind: str | None = None) -> list[Entry]:
+    """Registered components of ``kind`` (or of every kind), from metadata only."""
+    kinds = KINDS if kind is None else (_check_kind(kind),)
+    allowed = _allowed()
+    frozen = frozenset(allowed) if allowed is not None else None
+    return [e for k in kinds for e in _scan(k, frozen)]
+
+
+def names(kind: str) -> list[str]:
+    """Sorted unique component names of ``kind``."""
+    return sorted({e.name for e in entries(kind)})
+
+
+def resolve(kind: str, name: str) -> Entry:
+    """The entry for ``name`` or ``"dist:name"``; raises with known names or both distributions."""
+    known = entries(kind)
+    if ":" in name:
+        dist_part, _, short = name.rpartition(":")
+        matches = [e for e in known if e.name == short and canonical(e.distribution) == canonical(dist_part)]
+    else:
+        short = name
+        matches = [e for e in known if e.name == name]
+    if not matches:
+        all_names = sorted({e.name for e in known})
+        hint = closest(short, all_names)
+        where = f" from distribution {dist_part!r}" if ":" in name else ""
+        raise UnknownComponentError(
+            f"unknown {kind[:-1] if kind.endswith('s') else kind} {name!r}{where}"
+            + (f'; did you mean "{hint}"?' if hint else "")
+            + f" (known {kind}: {', '.join(all_names) or 'none'})"
+        )
+    if len(matches) > 1:
+        dists = " and ".join(repr(e.distribution) for e in matches)
+        raise AmbiguousComponentError(
+            f"{kind[:-1]} {name!r} is registered by {dists}; "
+            f"qualify it as one of: {', '.join(repr(e.qualified) for e in matches)}"
+        )
+    return matches[0]
+
+
+_loaded: dict[tuple[str, str, str], Any] = {}
+
+
+def _load(entry: Entry) -> Any:
+    key = (entry.kind, canonical(entry.distribution), entry.name)
+    if key not in _loaded:
+        try:
+            _loaded[key] = entry.entry_point.load()
+        except Exception as exc:  # any failure inside a plugin's import is that plugin's problem
+            _loaded[key] = PluginLoadError(
+                f"{entry.kind[:-1]} {entry.name!r} from distribution {entry.distribution!r} "
+                f"(entry point {entry.name} = {entry.target!r}) failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            _loaded[key].__cause__ = exc
+    value = _loaded[key]
+    if isinstance(value, PluginLoadError):
+        raise value
+    return value
+
+
+def get(kind: str, name: str) -> Any:
+    """The object behind component ``name`` (imported on first use, then cached)."""
+    return _load(resolve(_check_kind(kind), name))
+
+
+def create(kind: str, name: str, /, **options: Any) -> Any:
+    """Validate ``options`` with the component's config, then build it."""
+    obj = get(kind, name)
+    kwargs = validate_options(obj, options, path=_singular(kind))
+    return obj(**kwargs)
+
+
+def _singular(kind: str) -> str:
+    return {"backbones": "backbone", "heads": "head", "losses": "loss", "augmenters": "augmenter",
+            "datasets": "dataset", "protocols": "protocol", "plugins": "plugin"}.get(kind, kind)
+
+
+def status(entry: Entry) -> str:
+    """``"ok"`` or ``"broken: <reason>"``; imports the entry (this is the one listing call that does)."""
+    try:
+        _load(entry)
+    except PluginLoadError as exc:
+        cause = exc.__cause__
+        return f"broken: {type(cause).__name__}: {cause}" if cause else f"broken: {exc}"
+    return "ok"
+
+
+def loaded_versions(kinds: Iterable[str] = KINDS) -> dict[str, str]:
+    """Distribution → version for everything registered (recorded in each run folder)."""
+    out: dict[str, str] = {}
+    for kind in kinds:
+        for e in entries(kind):
+            out[e.distribution] = e.version
+    return dict(sorted(out.items()))
+
+
+def clear_cache() -> None:
+    """Forget scanned metadata and loaded objects (after installing a plugin at run time; tests)."""
+    _scan.cache_clear()
+    _loaded.clear()
+    importlib.invalidate_caches()

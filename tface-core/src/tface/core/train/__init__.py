@@ -1,0 +1,1 @@
+"""Training: optimiser setup, schedules, checkpoints and the run loop."""

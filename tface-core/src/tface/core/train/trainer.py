@@ -1,0 +1,287 @@
+"""The run loop: build components from a recipe, evaluate, train, checkpoint, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tface.core import recipe as recipe_mod
+from tface.core import registry
+from tface.core.classifier import Classifier
+from tface.core.hooks import plugin_manager
+from tface.core.protocol import EvalContext
+from tface.core.report import markdown_table, write_reports
+from tface.core.train import checkpoint
+from tface.core.train.optim import lr_factor, param_groups
+from tface.core.train.progress import Progress
+
+__all__ = ["Components", "build_components", "Trainer", "TrainingError", "resolve_device", "embedding_size_of"]
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device = {name!r} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def embedding_size_of(backbone: nn.Module, input_size: int = 112) -> int:
+    size = getattr(backbone, "embedding_size", None)
+    if isinstance(size, int):
+        return size
+    was = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(2, 3, input_size, input_size))
+    backbone.train(was)
+    return int(out.shape[1])
+
+
+class Compose:
+    """Apply augmenters in order (picklable, so DataLoader workers can use it)."""
+
+    def __init__(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]]):
+        self.steps = list(steps)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            img = step(img)
+        return img
+
+
+class Components:
+    """Everything a recipe builds, before any data is generated or read."""
+
+    def __init__(self, recipe: recipe_mod.Recipe):
+        self.recipe = recipe
+        self.source = recipe.data.build()
+        self.backbone: nn.Module = recipe.backbone.build()
+        self.head: nn.Module = recipe.head.build()
+        self.augmenters = [c.build() for c in recipe.augment]
+        self.protocols = [c.build() for c in recipe.eval]
+
+    def describe(self) -> list[str]:
+        def params(m: nn.Module) -> str:
+            return f"{sum(p.numel() for p in m.parameters()):,} parameters"
+
+        r = self.recipe
+        lines = [
+            f"data      {r.data.name}: {type(self.source).__name__}",
+            f"backbone  {r.backbone.name}: {type(self.backbone).__name__}, {params(self.backbone)}",
+            f"head      {r.head.name}: {self.head}",
+        ]
+        lines += [f"augment   {c.name}: {a}" for c, a in zip(r.augment, self.augmenters)]
+        lines += [f"eval      {c.name}: {type(p).__name__}" for c, p in zip(r.eval, self.protocols)]
+        return lines
+
+
+def build_components(recipe: recipe_mod.Recipe) -> Components:
+    return Components(recipe)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class Trainer:
+    """Single-process trainer (CPU or one GPU). Writes everything into ``run_dir``."""
+
+    def __init__(self, recipe: recipe_mod.Recipe, run_dir: str | Path, *, plugins: Sequence[Any] = (),
+                 echo: Callable[[str], None] | None = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.echo = echo or (lambda msg: print(msg, flush=True))
+        self.pm = plugin_manager(list(plugins))
+        self.cfg = recipe.train
+        self.results: list[dict[str, Any]] = []
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        _seed_all(self.recipe.seed)
+        self.device = resolve_device(self.recipe.device)
+        self.parts = build_components(self.recipe)
+        self.echo("preparing data ...")
+        t0 = time.perf_counter()
+        transform = Compose(self.parts.augmenters) if self.parts.augmenters else None
+        self.dataset = self.parts.source.train_dataset(transform=transform)
+        self.data_seconds = time.perf_counter() - t0
+        num_classes = int(self.dataset.num_classes)
+        self.backbone = self.parts.backbone.to(self.device)
+        emb = embedding_size_of(self.backbone)
+        self.classifier = Classifier(num_classes, emb, self.parts.head).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            param_groups([self.backbone, self.classifier], cfg.weight_decay),
+            lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(step, cfg.warmup_steps, cfg.warmup_start, cfg.lr_milestones, cfg.lr_gamma),
+        )
+        if len(self.dataset) < cfg.batch_size:
+            raise TrainingError(
+                f"train.batch_size = {cfg.batch_size} but the data set has only {len(self.dataset)} samples"
+            )
+        gen = torch.Generator()
+        gen.manual_seed(self.recipe.seed)
+        self.loader = DataLoader(
+            self.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
+            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
+        )
+        self.eval_ctx_provided = self.parts.source.eval_sets()
+        self.echo(
+            f"data: {len(self.dataset):,} images, {num_classes:,} classes ({self.data_seconds:.1f}s); "
+            f"device: {self.device}; steps: {cfg.max_steps}, batch {cfg.batch_size}"
+        )
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, step: int, stage: str) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        ctx = EvalContext(device=self.device, step=step, provided=self.eval_ctx_provided)
+        for proto in self.parts.protocols:
+            for r in proto.evaluate(self.backbone, ctx):
+                results.append({"stage": stage, **r})
+        if results:
+            self.pm.hook.tface_evaluation_done(step=step, results=results)
+            self.echo(markdown_table(results).rstrip())
+        self.results.extend(results)
+        return results
+
+    # -- training ----------------------------------------------------------------------------------
+    def _checkpoint(self, step: int, epoch: int) -> Path:
+        ckpt_dir = self.run_dir / "checkpoints"
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "backbone": self.backbone.state_dict(),
+            "classifier": self.classifier.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "recipe": recipe_mod.dumps(self.recipe),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": [int(x) for x in np.random.get_state()[1]]},
+        }
+        path = checkpoint.save(ckpt_dir / "last.pt", state)
+        checkpoint.save(ckpt_dir / "backbone.pt", self.backbone.state_dict())
+        self.pm.hook.tface_checkpoint_saved(step=step, path=path)
+        return path
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self) -> int:
+        cfg = self.cfg
+        progress = Progress(cfg.max_steps)
+        step, epoch = 0, 0
+        self.backbone.train()
+        self.classifier.train()
+        window_loss, window_correct, window_seen = 0.0, 0, 0
+        t_window = time.perf_counter()
+        while step < cfg.max_steps:
+            for images, labels in self.loader:
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                embeddings = self.backbone(images)
+                loss, cos = self.classifier(embeddings.float(), labels)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step + 1} (lr {self.scheduler.get_last_lr()[0]:.4g}); "
+                        "lower train.lr or increase train.warmup_steps"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                step += 1
+                window_loss += loss.item() * len(labels)
+                window_correct += int((cos.argmax(1) == labels).sum())
+                window_seen += len(labels)
+                log = step % cfg.log_every == 0 or step == cfg.max_steps
+                fields = {"loss": loss.item(), "lr": lr}
+                if log:
+                    now = time.perf_counter()
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": window_loss / window_seen,
+                        "top1": 100.0 * window_correct / window_seen,
+                        "lr": lr,
+                        "images_per_s": window_seen / max(now - t_window, 1e-9),
+                    }
+                    self._write_metrics(record)
+                    fields = {k: record[k] for k in ("loss", "top1", "lr", "images_per_s")}
+                    window_loss, window_correct, window_seen, t_window = 0.0, 0, 0, now
+                progress.update(step, fields, log)
+                self.pm.hook.tface_step_end(step=step, metrics=fields)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                    progress.close()
+                    self.evaluate(step, "train")
+                    self.backbone.train()
+                if step >= cfg.max_steps:
+                    break
+            else:
+                epoch += 1
+                self.pm.hook.tface_epoch_end(epoch=epoch, step=step)
+        progress.close()
+        self._checkpoint(step, epoch)
+        return step
+
+    # -- the whole run -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "recipe.toml").write_text(recipe_mod.dumps(self.recipe), encoding="utf-8")
+        (self.run_dir / "plugins.json").write_text(
+            json.dumps(registry.loaded_versions(), indent=2) + "\n", encoding="utf-8"
+        )
+        (self.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        self._setup()
+        if self.cfg.eval_at_start and self.parts.protocols:
+            self.echo("evaluating the untrained model ...")
+            self.evaluate(0, "untrained")
+        self.pm.hook.tface_run_start(recipe=self.recipe, run_dir=self.run_dir, model=self.backbone)
+        t_train = time.perf_counter()
+        step = self.train()
+        train_seconds = time.perf_counter() - t_train
+        if self.parts.protocols:
+            self.echo("evaluating the trained model ...")
+            self.evaluate(step, "trained")
+        summary = {
+            "steps": step,
+            "data_seconds": round(self.data_seconds, 2),
+            "train_seconds": round(train_seconds, 2),
+            "total_seconds": round(time.perf_counter() - t_start, 2),
+            "device": str(self.device),
+        }
+        write_reports(self.run_dir, self.results, summary)
+        self.pm.hook.tface_run_end(run_dir=self.run_dir, step=step, results=self.results)
+        self.echo(f"run folder: {self.run_dir} ({summary['total_seconds']:.0f}s)")
+        return {"results": self.results, "summary": summary}
+

@@ -1,0 +1,1 @@
+"""Margin heads for tface (ArcFace, CosFace, ...), registered under ``tface.heads``."""

@@ -1,0 +1,85 @@
+"""Additive margin heads: cosines in, scaled logits out (the head contract of ``tface.core.classifier``).
+
+Only the target logit of each row changes; everything is then multiplied by ``s``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import attrs
+import torch
+from torch import Tensor
+
+from tface.core.classifier import HeadInput, MarginHead
+
+__all__ = ["ArcFace", "CosFace"]
+
+_positive = attrs.validators.gt(0)
+
+
+class _TargetMargin(MarginHead):
+    """Shared plumbing: replace each local target cosine by ``target_logit(cos)``, then scale."""
+
+    def __init__(self, s: float, m: float):
+        super().__init__()
+        self.s = float(s)
+        self.m = float(m)
+
+    @abc.abstractmethod
+    def target_logit(self, cos: Tensor) -> Tensor:
+        """The margin-adjusted target cosine (before scaling)."""
+
+    def forward(self, batch: HeadInput) -> Tensor:
+        rows, cols, target = batch.local_targets()
+        return batch.with_targets(rows, cols, self.target_logit(target)) * self.s
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, m={self.m}"
+
+
+class ArcFace(_TargetMargin):
+    """ArcFace (Deng et al. 2019): target ``cos(θ + m)``.
+
+    Where ``θ + m`` would pass π the logit falls back to ``cos θ − m·sin m``, which keeps it monotone in θ
+    (TFace and insightface do the same). ``sin θ`` is clamped so the gradient stays finite at |cos| = 1.
+    """
+
+    @attrs.define
+    class Config:
+        s: float = attrs.field(default=64.0, validator=_positive)
+        m: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.lt(math.pi / 2)])
+        easy_margin: bool = False
+
+    def __init__(self, s: float = 64.0, m: float = 0.5, easy_margin: bool = False):
+        super().__init__(s, m)
+        self.easy_margin = bool(easy_margin)
+        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
+        self.th = math.cos(math.pi - m)
+        self.mm = math.sin(math.pi - m) * m
+
+    def target_logit(self, cos: Tensor) -> Tensor:
+        sin = torch.sqrt((1.0 - cos * cos).clamp(min=1e-7))
+        phi = cos * self.cos_m - sin * self.sin_m
+        if self.easy_margin:
+            return torch.where(cos > 0, phi, cos)
+        return torch.where(cos > self.th, phi, cos - self.mm)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", easy_margin={self.easy_margin}"
+
+
+class CosFace(_TargetMargin):
+    """CosFace / AM-Softmax (Wang et al. 2018): target ``cos θ − m``."""
+
+    @attrs.define
+    class Config:
+        s: float = attrs.field(default=64.0, validator=_positive)
+        m: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
+
+    def __init__(self, s: float = 64.0, m: float = 0.4):
+        super().__init__(s, m)
+
+    def target_logit(self, cos: Tensor) -> Tensor:
+        return cos - self.m
