@@ -10,12 +10,13 @@ import pathlib
 
 import pytest
 import torch
+from torch import nn
+
 from tface.backbones import irse
 from tface.backbones import mobilefacenet as mfn_module
 from tface.backbones.irse import build_ir, ir_18
 from tface.backbones.mobilefacenet import mobilefacenet
 from tface.core.config import ConfigError, structure
-from torch import nn
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 

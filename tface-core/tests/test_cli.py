@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import json
-import tomllib
 
+import tomllib
 from click.testing import CliRunner
 
 from conftest import TOY_RECIPE

@@ -108,7 +108,7 @@ def test_dataset_read_back(tmp_path):
     assert img.shape == (3, 16, 16) and img.dtype == torch.float32 and label == 2
     expected = np.asarray(Image.open(io.BytesIO(jpeg((200, 100, 30)))).convert("RGB"), dtype=np.float32)
     assert torch.allclose(img, torch.from_numpy((expected / 255 - 0.5) / 0.5).permute(2, 0, 1), atol=1e-6)
-    assert -1.0 <= img.min() and img.max() <= 1.0
+    assert img.min() >= -1.0 and img.max() <= 1.0
 
 
 def test_reader_ignores_a_clashing_example_definition(tmp_path):

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from conftest import TOY_RECIPE
 from tface.core import recipe
@@ -108,6 +108,6 @@ def test_dump_round_trips(toy_plugins, tmp_path):
 
 
 def test_dumps_escapes_and_special_values():
-    text = recipe.dumps({"a": 'q"uote\n', "b": float("inf"), "c": [1, 2], "t": {"x y": True}, "arr": [{"k": 1}, {"k": 2}]})
-    assert tomllib.loads(text) == {"a": 'q"uote\n', "b": float("inf"), "c": [1, 2], "t": {"x y": True},
-                                   "arr": [{"k": 1}, {"k": 2}]}
+    data = {"a": 'q"uote\n', "b": float("inf"), "c": [1, 2], "t": {"x y": True}, "arr": [{"k": 1}, {"k": 2}]}
+    text = recipe.dumps(data)
+    assert tomllib.loads(text) == data

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import attrs
 import torch
+from torch import nn
+
 from tface.backbones.common import SEModule, check_choice, initialize_weights
 from tface.core.config import uses
-from torch import nn
 
 __all__ = ["IR", "UNITS", "IRConfig", "build_ir", "ir_18"]
 

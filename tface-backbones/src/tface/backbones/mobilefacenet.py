@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import attrs
 import torch
+from torch import nn
+
 from tface.backbones.common import GDC, ConvBlock, LinearBlock, check_choice, initialize_weights
 from tface.core.config import uses
-from torch import nn
 
 __all__ = ["MobileFaceNet", "MobileFaceNetConfig", "mobilefacenet"]
 

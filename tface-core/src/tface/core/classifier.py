@@ -8,9 +8,7 @@ know whether the softmax runs over one process or many.
 from __future__ import annotations
 
 import abc
-
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import torch

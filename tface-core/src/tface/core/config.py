@@ -62,7 +62,7 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "none"
     if isinstance(tp, type):
-        return {"str": "string", "pathlib.Path": "path"}.get(tp.__name__, tp.__name__)
+        return "path" if issubclass(tp, pathlib.PurePath) else {"str": "string"}.get(tp.__name__, tp.__name__)
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         return " or ".join(_describe(a) for a in typing.get_args(tp))

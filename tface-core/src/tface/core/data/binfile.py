@@ -37,6 +37,8 @@ _NUMPY_ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol-5 pickles of arrays
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 

@@ -67,7 +67,9 @@ def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
             try:
                 shard_i, offset_i, label_i = int(shard), int(offset), int(label)
             except ValueError:
-                raise IndexFormatError(f"{path}:{lineno}: shard, offset and label must be integers: {line[:120]!r}") from None
+                raise IndexFormatError(
+                    f"{path}:{lineno}: shard, offset and label must be integers: {line[:120]!r}"
+                ) from None
             if shard_i < 0 or offset_i < 0 or label_i < 0:
                 raise IndexFormatError(f"{path}:{lineno}: negative shard, offset or label: {line[:120]!r}")
             key = (name, shard_i)

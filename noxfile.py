@@ -1,0 +1,44 @@
+"""Test sessions. ``nox -s tests`` is what CI and the README run.
+
+- ``tests``: every distribution installed (editable) in one environment, every test.
+- ``isolated``: for each plugin distribution, only ``tface-core`` + that one, and its own tests: proves
+  ``pip install tface-core tface-<part>`` is a working set.
+- ``lint``: ruff.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+CORE = "tface-core"
+PLUGINS = ["tface-backbones", "tface-heads", "tface-augment", "tface-eval"]
+# hatchling and setuptools: tests build small plugin packages with --no-build-isolation.
+TEST_DEPS = ["pytest>=7.4", "hatchling>=1.18", "setuptools>=68"]
+
+
+def _editable(*dists: str) -> list[str]:
+    return [arg for d in dists for arg in ("-e", d)]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """All distributions together, all tests (plus the top-level integration tests)."""
+    session.install(*TEST_DEPS, *_editable(CORE, *PLUGINS))
+    session.run("pytest", CORE, *PLUGINS, "tests", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("dist", PLUGINS)
+def isolated(session: nox.Session, dist: str) -> None:
+    """``tface-core`` + one plugin distribution only, that distribution's tests."""
+    session.install(*TEST_DEPS, *_editable(CORE, dist))
+    session.run("pytest", f"{dist}/tests", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")

@@ -1,0 +1,1 @@
+"""tface evaluation protocols (entry-point group ``tface.protocols``)."""

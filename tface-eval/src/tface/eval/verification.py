@@ -1,0 +1,234 @@
+"""Verification accuracy on insightface/TFace ``.bin`` pair files (LFW, CFP-FP, AgeDB-30, ...).
+
+Follows insightface's ``verification.py`` (see ``metrics``): RGB decode, resize only when the crop is
+not ``image_size`` square, flip test (embedding = raw(image) + raw(mirror), then L2-normalised), squared
+euclidean pair distances and the 10-fold threshold protocol. XNorm is the mean L2 norm of all raw
+embeddings. Embeddings and distances are float32, normalised like ``sklearn.preprocessing.normalize``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tface.core.data.binfile import BinFormatError, read_bin
+from tface.core.data.image import decode_rgb, normalize
+from tface.core.protocol import EvalContext, Result
+from tface.eval.metrics import pair_distances, verification_metrics
+
+__all__ = ["Verification", "embed_pairs", "l2_normalize", "load_crops"]
+
+NFOLDS = 10
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation, as ``sklearn.preprocessing.normalize`` (dtype kept, ~0 rows kept)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms < 10 * np.finfo(norms.dtype).eps] = 1.0
+    return x / norms[:, np.newaxis]
+
+
+def _resize_short(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[3,H,W]`` → short side ``size`` (bicubic, like ``mx.image.resize_short``), centre ``size²``."""
+    h, w = img.shape[-2:]
+    if h > w:
+        new_h, new_w = size * h // w, size
+    else:
+        new_h, new_w = size, size * w // h
+    out = F.interpolate(img[None].float(), size=(new_h, new_w), mode="bicubic", align_corners=False)
+    out = out.round_().clamp_(0, 255).to(torch.uint8)[0]
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return out[:, top : top + size, left : left + size]
+
+
+def load_crops(
+    images: Sequence[bytes], start: int, stop: int, image_size: int, source: Any = None
+) -> torch.Tensor:
+    """Decode ``images[start:stop]`` to a uint8 ``[B, 3, S, S]`` batch (RGB)."""
+    crops = []
+    for i in range(start, stop):
+        try:
+            img = decode_rgb(images[i])
+        except Exception as exc:  # torchvision raises RuntimeError for corrupt data
+            where = f"{source}: " if source is not None else ""
+            raise BinFormatError(f"{where}image {i} cannot be decoded: {exc}") from exc
+        if tuple(img.shape[-2:]) != (image_size, image_size):
+            img = _resize_short(img, image_size)
+        crops.append(img)
+    return torch.stack(crops)
+
+
+def _embed(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> np.ndarray:
+    out = model(normalize(batch).to(device=device, dtype=dtype))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"verification: the model must return a [batch, dim] embedding tensor, got {got}")
+    return out.detach().float().cpu().numpy()
+
+
+class _EvalMode:
+    """Put every submodule in eval mode; restore each one's own flag afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes:
+            m.training = mode
+
+
+def embed_pairs(
+    model: nn.Module,
+    images: Sequence[bytes],
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    flip: bool = True,
+    image_size: int = 112,
+    source: Any = None,
+) -> tuple[np.ndarray, float]:
+    """L2-normalised float32 embeddings of ``images`` (one row per image) and their XNorm.
+
+    With ``flip`` the embedding is raw(image) + raw(horizontal mirror) before normalisation and XNorm
+    averages the norms of both raw sets (insightface's order: all originals, then all mirrors); without
+    it, raw(image) and the originals' norms. Runs ``model`` in eval mode under ``torch.no_grad()`` and
+    restores every submodule's mode. ``source`` (e.g. the file) is named in decode errors.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not images:
+        raise ValueError(f"{source or 'verification'}: no images to embed")
+    device = torch.device(device)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    raw: list[np.ndarray | None] = [None, None]
+    with _EvalMode(model), torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            stop = min(start + batch_size, len(images))
+            batch = load_crops(images, start, stop, image_size, source)
+            copies = (batch, batch.flip(-1)) if flip else (batch,)
+            for k, copy in enumerate(copies):
+                emb = _embed(model, copy, device, dtype)
+                if raw[k] is None:
+                    raw[k] = np.empty((len(images), emb.shape[1]), dtype=np.float32)
+                raw[k][start:stop] = emb
+    used = [r for r in raw if r is not None]
+    # insightface: per-row np.linalg.norm (float32), summed one by one into a Python (float64) total.
+    norms = np.array([np.linalg.norm(row) for r in used for row in r], dtype=np.float64)
+    xnorm = float(np.cumsum(norms)[-1] / norms.size)
+    summed = used[0] + used[1] if flip else used[0]
+    return l2_normalize(summed), xnorm
+
+
+@attrs.define
+class _VerificationConfig:
+    """Options of the ``verification`` protocol (recipe ``[[eval]]`` tables)."""
+
+    #: Explicit ``.bin`` files; each one's dataset name is its file stem (``lfw.bin`` → ``lfw``).
+    bins: list[pathlib.Path] = attrs.field(factory=list)
+    #: Also evaluate the ``.bin`` files the training data source offers (``ctx.provided["verification"]``).
+    use_provided: bool = True
+    #: Images per forward pass.
+    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    #: Flip test: embed each image and its mirror and add the two embeddings.
+    flip: bool = True
+    #: Side of the square model input; other crops are resized (short side) and centre-cropped.
+    image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
+
+
+class Verification:
+    """The ``verification`` protocol: insightface 10-fold accuracy on ``.bin`` pair files."""
+
+    Config = _VerificationConfig
+    name = "verification"
+
+    def __init__(
+        self,
+        bins: Sequence[str | os.PathLike] = (),
+        use_provided: bool = True,
+        batch_size: int = 64,
+        flip: bool = True,
+        image_size: int = 112,
+    ):
+        self.config = self.Config(
+            bins=[pathlib.Path(b) for b in bins],
+            use_provided=use_provided,
+            batch_size=batch_size,
+            flip=flip,
+            image_size=image_size,
+        )
+
+    def datasets(self, ctx: EvalContext) -> list[tuple[str, pathlib.Path]]:
+        """``(name, path)`` of every set to evaluate: explicit ``bins`` first, then the provided ones."""
+        sets: dict[str, pathlib.Path] = {}
+        candidates = [(p.stem, p) for p in self.config.bins]
+        if self.config.use_provided:
+            provided = (ctx.provided or {}).get(self.name, {}) or {}
+            candidates += [(str(n), pathlib.Path(p)) for n, p in provided.items()]
+        for name, path in candidates:
+            if name in sets:
+                if os.path.abspath(sets[name]) == os.path.abspath(path):
+                    continue
+                raise ValueError(
+                    f"verification: two evaluation sets are named {name!r}: {sets[name]} and {path}; "
+                    "rename one of the files"
+                )
+            sets[name] = path
+        return list(sets.items())
+
+    def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
+        sets = self.datasets(ctx)
+        if not sets:
+            raise ValueError(
+                "verification: no .bin files to evaluate — list them in `bins`"
+                + (
+                    " (the training data source offers none)"
+                    if self.config.use_provided
+                    else " or set `use_provided = true`"
+                )
+            )
+        for name, path in sets:  # fail before spending time on the first set
+            if not path.is_file():
+                raise FileNotFoundError(f"verification: {path} (set {name!r}) does not exist")
+        results: list[Result] = []
+        for name, path in sets:
+            images, issame = read_bin(path)
+            if issame.size < NFOLDS:
+                raise BinFormatError(
+                    f"{path}: {issame.size} pairs; {NFOLDS}-fold verification needs ≥ {NFOLDS}"
+                )
+            emb, xnorm = embed_pairs(
+                model,
+                images,
+                device=ctx.device,
+                batch_size=self.config.batch_size,
+                flip=self.config.flip,
+                image_size=self.config.image_size,
+                source=path,
+            )
+            del images
+            m = verification_metrics(pair_distances(emb), issame, nfolds=NFOLDS)
+            results.append(
+                {
+                    "protocol": self.name,
+                    "dataset": name,
+                    "step": ctx.step,
+                    "accuracy": 100.0 * m["accuracy"],
+                    "accuracy_std": 100.0 * m["accuracy_std"],
+                    "val@far=1e-3": 100.0 * m["val"],
+                    "xnorm": xnorm,
+                    "pairs": int(issame.size),
+                }
+            )
+        return results
