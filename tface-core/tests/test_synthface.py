@@ -1,0 +1,103 @@
+"""SynthFace as a data source: files, determinism across worker counts, held-out split, cache reuse."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tface.core.cli import cli
+from tface.core.data import synthrender
+from tface.core.data.binfile import read_bin
+from tface.core.data.dataset import IndexedTFRecordDataset
+from tface.core.data.image import decode_rgb
+from tface.core.data.synthface import SynthFaceSource
+
+SMALL = {"identities": 6, "images_per_identity": 3, "val_identities": 5, "val_pairs": 8}
+
+
+def digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_generate_layout_and_content(tmp_path):
+    src = SynthFaceSource(seed=3, cache_dir=tmp_path, workers=1, **SMALL)
+    ds = src.train_dataset()
+    folder = src.folder()
+    assert folder.parent == tmp_path and folder.name == src.key
+    assert sorted(p.name for p in folder.iterdir()) == ["synthface", "synthface-val.bin", "synthface.json",
+                                                       "synthface.txt"]
+    assert len(ds) == 18 and ds.num_classes == 6
+    assert ds.index.labels.tolist() == [i // 3 for i in range(18)]
+    img, label = ds[4]
+    assert img.shape == (3, 112, 112) and label == 1
+    images, issame = read_bin(src.eval_sets()["verification"]["synthface-val"])
+    assert len(images) == 16 and issame.sum() == 4  # half genuine
+    assert decode_rgb(images[0]).shape == (3, 112, 112)
+    manifest = json.loads((folder / "synthface.json").read_text())
+    assert manifest["seed"] == 3 and manifest["identities"] == 6
+
+
+def test_bytes_do_not_depend_on_worker_count(tmp_path):
+    one = SynthFaceSource(seed=1, cache_dir=tmp_path / "a", workers=1, **SMALL).generate()
+    two = SynthFaceSource(seed=1, cache_dir=tmp_path / "b", workers=2, **SMALL).generate()
+    assert digest(one.root) == digest(two.root)
+    other = SynthFaceSource(seed=2, cache_dir=tmp_path / "c", workers=1, **SMALL).generate()
+    assert digest(other.root) != digest(one.root)
+
+
+def test_training_images_match_the_renderer(tmp_path):
+    src = SynthFaceSource(seed=5, cache_dir=tmp_path, workers=1, **SMALL)
+    ds = IndexedTFRecordDataset(src.generate().index)
+    ident = synthrender.train_identity(5, 2)
+    render = next(synthrender.train_images(5, 2, ident, 1))
+    buf = io.BytesIO()
+    Image.fromarray(render).save(buf, format="JPEG", quality=95)
+    assert ds.read_image_bytes(6) == buf.getvalue()  # identity 2, image 0
+    assert ds.read_image_bytes(7) != buf.getvalue()
+
+
+def test_cache_is_reused_and_incomplete_folders_are_replaced(tmp_path):
+    src = SynthFaceSource(seed=0, cache_dir=tmp_path, workers=1, **SMALL)
+    paths = src.generate()
+    stamp = paths.index.stat().st_mtime_ns
+    assert src.generate().index.stat().st_mtime_ns == stamp
+    (paths.root / "synthface.json").unlink()  # as if a crash happened before the manifest
+    assert not src.is_complete()
+    src.generate()
+    assert src.is_complete() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("tface.core.data.synthface.write_bin", boom)
+    src = SynthFaceSource(seed=0, cache_dir=tmp_path, workers=1, **SMALL)
+    with pytest.raises(RuntimeError, match="disk full"):
+        src.generate()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_rejects_odd_pairs():
+    from tface.core.config import ConfigError, structure
+
+    with pytest.raises(ConfigError, match="data.val_pairs: val_pairs must be even"):
+        structure(SynthFaceSource.Config, {"val_pairs": 7}, "data")
+
+
+def test_cli_synth(tmp_path):
+    res = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "out"), "--seed", "4", "--identities", "4",
+                                   "--images-per-identity", "2", "--val-identities", "3", "--val-pairs", "4",
+                                   "--workers", "1"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "synthface.txt").exists() and (tmp_path / "out" / "synthface-val.bin").exists()
+    assert len((tmp_path / "out" / "synthface.txt").read_text().splitlines()) == 8
