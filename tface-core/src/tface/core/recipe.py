@@ -67,6 +67,7 @@ class TrainConfig:
     eval_at_start: bool = True
     eval_every: int = attrs.field(default=0, validator=_ge0)
     threads: int = attrs.field(default=0, validator=_ge0)
+    channels_last: bool = False
 
     @lr_milestones.validator
     def _sorted(self, _attr: Any, value: list[int]) -> None:

@@ -26,6 +26,8 @@ def metric_columns(results: Sequence[dict[str, Any]]) -> list[str]:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if v != 0 and abs(v) < 0.01:
+            return f"{v:.3g}"
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
     return "" if v is None else str(v)
 
