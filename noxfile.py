@@ -15,8 +15,9 @@ nox.options.reuse_existing_virtualenvs = True
 
 CORE = "tface-core"
 PLUGINS = ["tface-backbones", "tface-heads", "tface-augment", "tface-eval"]
-# hatchling and setuptools: tests build small plugin packages with --no-build-isolation.
-TEST_DEPS = ["pytest>=7.4", "hatchling>=1.18", "setuptools>=68"]
+# hatchling and setuptools: tests build small plugin packages with --no-build-isolation;
+# scipy: an independent reference for the VAL@FAR interpolation test.
+TEST_DEPS = ["pytest>=7.4", "hatchling>=1.18", "setuptools>=68", "scipy>=1.10"]
 
 
 def _editable(*dists: str) -> list[str]:

@@ -25,7 +25,7 @@ def brute(head, cos: torch.Tensor, labels: torch.Tensor, target_fn) -> torch.Ten
     out = torch.empty_like(cos, dtype=torch.float64)
     for i in range(cos.shape[0]):
         for j in range(cos.shape[1]):
-            c = float(cos[i, j])
+            c = float(cos[i, j].detach())
             out[i, j] = target_fn(c) if j == int(labels[i]) else head.s * c
     return out
 
