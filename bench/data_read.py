@@ -25,7 +25,7 @@ from tface.core.data.writer import ShardWriter
 def make(root: Path, n: int) -> Path:
     rng = np.random.default_rng(0)
     blobs = []
-    for i in range(64):
+    for _ in range(64):
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(buf, "JPEG", quality=95)
         blobs.append(buf.getvalue())
