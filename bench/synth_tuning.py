@@ -215,13 +215,13 @@ def main() -> None:
 
     t = time.time()
     if args.cache and os.path.exists(args.cache):
-        d = torch.load(args.cache, weights_only=False)
+        d = torch.load(args.cache, weights_only=True)
         x, y, val, issame = d["x"], d["y"], d["val"], d["issame"]
         print(f"loaded cached data from {args.cache} (generation time below is not comparable)")
     else:
         x, y, val, issame = generate(args)
         if args.cache:
-            torch.save({"x": x, "y": y, "val": val, "issame": issame}, args.cache)
+            torch.save({"x": x, "y": y, "val": val, "issame": [bool(v) for v in issame]}, args.cache)
     t_gen = time.time() - t
     print(f"generate: {len(x)} train images, {len(val)} val images in {t_gen:.1f}s "
           f"({t_gen / (len(x) + len(val)) * 1000:.2f} ms/img incl. JPEG)", flush=True)
