@@ -61,7 +61,7 @@ def test_arcface_fallback_branch_is_exercised():
     for i in range(2):
         c = float(batch.cos[i, i].detach())
         assert c < math.cos(math.pi - 0.5)
-        assert float(logits[i, i]) == pytest.approx(10.0 * (c - math.sin(math.pi - 0.5) * 0.5), abs=1e-9)
+        assert float(logits[i, i].detach()) == pytest.approx(10.0 * (c - math.sin(math.pi - 0.5) * 0.5), abs=1e-9)
 
 
 def test_cosface_matches_formula():
