@@ -104,6 +104,7 @@ TOY_MODULE = '''
         def __getitem__(self, i):
             c = i % self.num_classes
             img = torch.nn.functional.interpolate(self.protos[c:c + 1], size=16)[0] + self.noise[i]
+            img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # the uint8 item contract
             if self.transform is not None:
                 img = self.transform(img)
             return img, c

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from tface.core.data.dataset import IndexedTFRecordDataset
+from tface.core.data.image import normalize
 from tface.core.data.index import IndexFormatError, read_index
 from tface.core.data.tfrecord import RecordError, frame, masked_crc, parse_example, read_record_at
 from tface.core.data.writer import ShardWriter
@@ -105,10 +106,13 @@ def test_dataset_read_back(tmp_path):
     ds = IndexedTFRecordDataset(make_dataset(tmp_path))
     assert len(ds) == 6 and ds.num_classes == 3
     img, label = ds[5]
-    assert img.shape == (3, 16, 16) and img.dtype == torch.float32 and label == 2
-    expected = np.asarray(Image.open(io.BytesIO(jpeg((200, 100, 30)))).convert("RGB"), dtype=np.float32)
-    assert torch.allclose(img, torch.from_numpy((expected / 255 - 0.5) / 0.5).permute(2, 0, 1), atol=1e-6)
-    assert img.min() >= -1.0 and img.max() <= 1.0
+    assert img.shape == (3, 16, 16) and img.dtype == torch.uint8 and label == 2
+    expected = np.array(Image.open(io.BytesIO(jpeg((200, 100, 30)))).convert("RGB"))
+    assert torch.equal(img, torch.from_numpy(expected).permute(2, 0, 1))
+    # the trainer normalises whole batches the TFace way: (x/255 - 0.5)/0.5
+    norm = normalize(img[None])[0]
+    assert torch.allclose(norm, torch.from_numpy((expected.astype(np.float32) / 255 - 0.5) / 0.5).permute(2, 0, 1),
+                          atol=1e-6)
 
 
 def test_reader_ignores_a_clashing_example_definition(tmp_path):
@@ -186,7 +190,7 @@ def test_index_format_errors(tmp_path):
     with pytest.raises(IndexFormatError, match=r"i.txt:2: expected 4 tab-separated columns"):
         read_index(path)
     path.write_text("a\t0\tzero\t1\n")
-    with pytest.raises(IndexFormatError, match=r"i.txt:1: shard, offset and label must be integers"):
+    with pytest.raises(IndexFormatError, match=r"i.txt:1: offset must be an integer, got 'zero'"):
         read_index(path)
     path.write_text("\n")
     with pytest.raises(IndexFormatError, match="no samples"):
@@ -210,7 +214,8 @@ def test_undecodable_image(tmp_path):
         w.add(b"not a jpeg at all", label=0)
         w.add(jpeg((1, 2, 3)), label=1)
     ds = IndexedTFRecordDataset(tmp_path / "bad.txt")
-    with pytest.raises(RecordError, match="bad-00000.tfrecord: offset 0: cannot decode image"):
+    with pytest.raises(RecordError,
+                       match=r"bad-00000.tfrecord: offset 0 \(index .*bad.txt:1\): cannot decode image: Unsupported"):
         ds[0]
 
 

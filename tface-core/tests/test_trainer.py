@@ -72,7 +72,7 @@ def test_short_run_loss_falls_and_writes_the_run_folder(toy_plugins, tmp_path):
     assert "| untrained | toy | toy | 0 | 1.0000 |" in (run_dir / "report.md").read_text()
     assert "toy-plugins" in json.loads((run_dir / "plugins.json").read_text())
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
-    assert state["step"] == 30 and "classifier" in state and "optimizer" in state
+    assert state["step"] == 30 and set(state["classifiers"]) == {"toydata"} and "optimizer" in state
     backbone = checkpoint.load(run_dir / "checkpoints" / "backbone.pt")
     assert set(backbone) == set(state["backbone"])
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
@@ -123,7 +123,8 @@ def test_nan_loss_stops_with_the_step(toy_plugins, tmp_path):
 
 
 def test_batch_larger_than_data(toy_plugins, tmp_path):
-    with pytest.raises(TrainingError, match="train.batch_size = 1000 but the data set has only 64 samples"):
+    with pytest.raises(TrainingError,
+                       match="train.batch_size = 1000 but the data set of branch 'toydata' has only 64 samples"):
         Trainer(toy_recipe(tmp_path, ["train.batch_size=1000"]), tmp_path / "run", echo=lambda m: None).run()
 
 

@@ -1,4 +1,4 @@
-"""Geometric augmenters. Each works on one normalised image tensor ``[3, H, W]`` inside a data worker."""
+"""Geometric augmenters. Each works on one image tensor ``[3, H, W]`` (uint8 from the data sets) in a data worker."""
 
 from __future__ import annotations
 

@@ -89,30 +89,52 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
         raise click.ClickException(str(exc)) from exc
 
 
-@cli.group("data")
+#: ``tface data`` sub-commands: name -> "module:click command", imported only when that command runs.
+DATA_COMMANDS = {
+    "pack": "tface.core.tools.pack:pack_cmd",
+    "reindex": "tface.core.tools.reindex:reindex_cmd",
+    "unpack": "tface.core.tools.unpack:unpack_cmd",
+    "stats": "tface.core.tools.stats:stats_cmd",
+    "verify": "tface.core.tools.verify:verify_cmd",
+    "bin": "tface.core.tools.makebin:bin_cmd",
+    "subset": "tface.core.tools.subset:subset_cmd",
+    "synth": "tface.core.tools.synth:synth_cmd",
+}
+
+
+class _LazyGroup(_Group):
+    """A group whose sub-commands live in their own modules, so ``tface data --help`` stays fast."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(n for n in self.lazy if self._available(n))})
+
+    def _available(self, name: str) -> bool:
+        import importlib.util
+
+        module = self.lazy[name].partition(":")[0]
+        return importlib.util.find_spec(module) is not None
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            import importlib
+
+            module, _, attr = self.lazy[name].partition(":")
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise
+                return None
+        return super().get_command(ctx, name)
+
+
+@cli.group("data", cls=_LazyGroup, lazy=DATA_COMMANDS)
 def data_cmd() -> None:
-    """Data tools."""
-
-
-@data_cmd.command("synth")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True, help="Everything is derived from this seed.")
-@click.option("--identities", default=None, type=int, help="Training identities.")
-@click.option("--images-per-identity", default=None, type=int)
-@click.option("--val-identities", default=None, type=int, help="Held-out identities for the .bin.")
-@click.option("--val-pairs", default=None, type=int, help="Verification pairs (half genuine).")
-@click.option("--workers", default=0, show_default=True, help="Processes (0 = one per CPU core).")
-def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_identity: int | None,
-              val_identities: int | None, val_pairs: int | None, workers: int) -> None:
-    """Generate a SynthFace data set: TFRecord shards + index, and a verification .bin."""
-    from tface.core.data.synthface import SynthFaceSource
-
-    opts = {k: v for k, v in {"identities": identities, "images_per_identity": images_per_identity,
-                              "val_identities": val_identities, "val_pairs": val_pairs}.items() if v is not None}
-    source = SynthFaceSource(seed=seed, cache_dir=out_dir, workers=workers, **opts)
-    t0 = time.perf_counter()
-    paths = source.generate(out_dir)
-    click.echo(f"wrote {paths.index} and {paths.bin} in {time.perf_counter() - t0:.1f}s")
+    """Data tools: pack, reindex, unpack, stats, verify, bin, subset, synth."""
 
 
 def main(argv: list[str] | None = None) -> None:

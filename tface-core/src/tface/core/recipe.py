@@ -26,7 +26,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Component", "TrainConfig", "Recipe", "load", "loads", "apply_overrides", "dumps"]
+__all__ = ["Component", "DataBranch", "TrainConfig", "Recipe", "load", "loads", "apply_overrides", "dumps",
+           "BRANCH_KEYS", "SAMPLERS"]
 
 _ge0 = attrs.validators.ge(0)
 _gt0 = attrs.validators.gt(0)
@@ -46,6 +47,45 @@ class Component:
 
     def to_table(self) -> dict[str, Any]:
         return {"name": self.name, **unstructure(self.options)}
+
+
+SAMPLERS = ("shuffle", "balanced")
+#: Keys of a ``[data]`` table that configure the branch rather than the dataset source.
+BRANCH_KEYS = ("branch", "batch_size", "weight", "sampler", "sampler_k")
+
+
+@attrs.define
+class DataBranch:
+    """One training data set of a run (TFace's ``DATASETS`` entry): its own batch, weight and class space.
+
+    A recipe with several ``[[data]]`` tables trains one backbone on all of them: each step draws a batch
+    from every branch, runs one forward pass over the concatenation, and sums the branch losses times
+    their weights; every branch has its own classifier (labels of different branches never mix).
+    """
+
+    source: Component
+    name: str
+    batch_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_gt0))
+    weight: float = attrs.field(default=1.0, validator=_ge0)
+    sampler: str = attrs.field(default="shuffle", validator=attrs.validators.in_(SAMPLERS))
+    images_per_identity: int = attrs.field(default=4, validator=_gt0)
+    #: whether the recipe named the branch or set any branch key (keeps dumps minimal)
+    explicit: bool = attrs.field(default=False, eq=False)
+
+    def batch(self, train: TrainConfig) -> int:
+        return self.batch_size if self.batch_size is not None else train.batch_size
+
+    def to_table(self) -> dict[str, Any]:
+        table = self.source.to_table()
+        if self.explicit:
+            table["branch"] = self.name
+            if self.batch_size is not None:
+                table["batch_size"] = self.batch_size
+            table["weight"] = self.weight
+            table["sampler"] = self.sampler
+            if self.sampler == "balanced":
+                table["sampler_k"] = self.images_per_identity
+        return table
 
 
 @attrs.define
@@ -79,7 +119,7 @@ class TrainConfig:
 class Recipe:
     """A validated recipe. ``source`` is the file it came from (None for strings)."""
 
-    data: Component
+    data: list[DataBranch]
     backbone: Component
     head: Component
     train: TrainConfig = attrs.field(factory=TrainConfig)
@@ -94,7 +134,8 @@ class Recipe:
         out: dict[str, Any] = {"seed": self.seed, "device": self.device}
         if self.output_dir is not None:
             out["output_dir"] = str(self.output_dir)
-        out["data"] = self.data.to_table()
+        tables = [b.to_table() for b in self.data]
+        out["data"] = tables[0] if len(tables) == 1 and not self.data[0].explicit else tables
         out["backbone"] = self.backbone.to_table()
         out["head"] = self.head.to_table()
         out["train"] = unstructure(self.train)
@@ -107,9 +148,9 @@ class Recipe:
 
 # --- loading --------------------------------------------------------------------------------------------
 
-_COMPONENTS = {"data": "datasets", "backbone": "backbones", "head": "heads"}
+_COMPONENTS = {"backbone": "backbones", "head": "heads"}
 _COMPONENT_LISTS = {"augment": "augmenters", "eval": "protocols"}
-_TOP_LEVEL = {"seed", "device", "output_dir", "train", *_COMPONENTS, *_COMPONENT_LISTS}
+_TOP_LEVEL = {"seed", "device", "output_dir", "train", "data", *_COMPONENTS, *_COMPONENT_LISTS}
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -148,6 +189,59 @@ def _component(kind: str, table: Any, path: str, base: Path, problems: list[str]
     return Component(kind, name, kwargs)
 
 
+def _branches(raw: Any, base: Path, problems: list[str]) -> list[DataBranch] | None:
+    """``[data]`` (one branch) or ``[[data]]`` (several): branch keys split off, the rest is the source."""
+    if raw is None:
+        problems.append("data: required table is missing")
+        return None
+    tables, single = ([raw], True) if isinstance(raw, dict) else (raw, False)
+    if not isinstance(tables, list) or not tables:
+        problems.append("data: expected a table ([data]) or a non-empty array of tables ([[data]])")
+        return None
+    out: list[DataBranch] = []
+    seen: dict[str, str] = {}
+    for i, table in enumerate(tables):
+        path = "data" if single else f"data[{i}]"
+        if not isinstance(table, dict):
+            problems.append(f"{path}: expected a table with a name, got {json.dumps(table)}")
+            continue
+        source_table = {k: v for k, v in table.items() if k not in BRANCH_KEYS}
+        branch_opts = {k: v for k, v in table.items() if k in BRANCH_KEYS}
+        component = _component("datasets", source_table, path, base, problems)
+        default_name = table.get("name") if isinstance(table.get("name"), str) else f"data{i}"
+        name = branch_opts.pop("branch", default_name)
+        if not isinstance(name, str) or not name or any(c in name for c in "/\\\t\n"):
+            problems.append(f"{path}.branch: expected a non-empty name without slashes, got {json.dumps(name)}")
+            continue
+        if name in seen:
+            if "branch" in table:
+                problems.append(f"{path}.branch: {name!r} is already the name of {seen[name]}")
+                continue
+            k = 2
+            while f"{name}-{k}" in seen:
+                k += 1
+            name = f"{name}-{k}"
+        seen[name] = path
+        try:
+            opts = structure(_BranchOptions, branch_opts, path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if component is not None:
+            out.append(DataBranch(component, name, opts.batch_size, opts.weight, opts.sampler,
+                                  opts.sampler_k, explicit=not single or bool(branch_opts)
+                                  or "branch" in table))
+    return out
+
+
+@attrs.define
+class _BranchOptions:
+    batch_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(_gt0))
+    weight: float = attrs.field(default=1.0, validator=_ge0)
+    sampler: str = attrs.field(default="shuffle", validator=attrs.validators.in_(SAMPLERS))
+    sampler_k: int = attrs.field(default=4, validator=_gt0)
+
+
 def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe:
     problems: list[str] = []
     for key in raw:
@@ -161,6 +255,7 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
             problems.append(f"{key}: required table is missing")
             continue
         parts[key] = _component(kind, raw[key], key, base, problems)
+    parts["data"] = _branches(raw.get("data"), base, problems)
     for key, kind in _COMPONENT_LISTS.items():
         tables = raw.get(key, [])
         if isinstance(tables, dict):
@@ -181,6 +276,13 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
         problems.append(f"device: expected one of {', '.join(_DEVICES)} or \"cuda:N\", got {json.dumps(device)}")
     if output_dir is not None and not isinstance(output_dir, str):
         problems.append(f"output_dir: expected string, got {json.dumps(output_dir)}")
+    if train is not None and parts["data"]:
+        for i, b in enumerate(parts["data"]):
+            where = "data" if len(parts["data"]) == 1 and not b.explicit else f"data[{i}]"
+            if b.sampler == "balanced" and b.batch(train) % b.images_per_identity:
+                problems.append(f"{where}.sampler_k: the batch size {b.batch(train)} must be a multiple "
+                                f"of sampler_k = {b.images_per_identity} (images per identity) for the balanced "
+                                "sampler")
     if problems:
         raise ConfigError(problems)
     return Recipe(

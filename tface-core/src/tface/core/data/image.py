@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -15,10 +16,21 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 __all__ = ["decode_rgb", "normalize", "decode_normalized"]
 
 
+_CPP_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
+
+
 def decode_rgb(data: bytes) -> torch.Tensor:
-    """Encoded image bytes (JPEG, PNG, ...) → uint8 ``[3, H, W]`` RGB tensor."""
+    """Encoded image bytes (JPEG, PNG, WebP, GIF) → uint8 ``[3, H, W]`` RGB tensor.
+
+    Raises ``RuntimeError`` with torchvision's reason (its C++ source location removed).
+    """
+    if not data:
+        raise RuntimeError("empty image data")
     buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return decode_image(buf, mode=ImageReadMode.RGB)
+    try:
+        return decode_image(buf, mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        raise RuntimeError(_CPP_PREFIX.sub("", str(exc)).split(" For avif")[0]) from None
 
 
 def normalize(img: torch.Tensor) -> torch.Tensor:

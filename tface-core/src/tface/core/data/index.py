@@ -1,38 +1,96 @@
-"""TFace training index files: ``record_name<TAB>shard_idx<TAB>byte_offset<TAB>label`` per line.
+"""TFace index files.
+
+Training index (what a run reads), one line per sample::
+
+    record_name<TAB>shard_idx<TAB>byte_offset<TAB>label
 
 The shard of a line is ``<root>/<record_name>/<record_name>-<shard_idx:05d>.tfrecord``. Indexes can be
 rewritten (cleaned, relabelled, subset) without touching the shards.
+
+Pack index (what TFace's ``img2tfrecord`` writes as ``<name>/<name>.index``), one line per image::
+
+    image_path<TAB>shard_idx<TAB>byte_offset
+
+It becomes a training index by joining it with a ``path label`` list (:func:`join_labels`, TFace's
+``convert_new_index``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
 import numpy as np
 
-__all__ = ["IndexFormatError", "Index", "read_index", "write_index", "shard_path"]
+__all__ = [
+    "IndexFormatError",
+    "Index",
+    "LabelSpace",
+    "PackEntry",
+    "JoinResult",
+    "read_index",
+    "write_index",
+    "index_rows",
+    "read_pack_index",
+    "write_pack_index",
+    "read_label_list",
+    "join_labels",
+    "shard_path",
+    "label_space",
+]
 
 
 class IndexFormatError(ValueError):
-    """A malformed index: names the file and line."""
+    """A malformed index or list file: names the file and line."""
 
 
 def shard_path(root: Path, record_name: str, shard: int) -> Path:
-    return root / record_name / f"{record_name}-{shard:05d}.tfrecord"
+    return Path(root) / record_name / f"{record_name}-{shard:05d}.tfrecord"
+
+
+@attrs.frozen
+class LabelSpace:
+    """What the labels of an index look like: ``max + 1`` classes, of which ``missing`` have no sample."""
+
+    num_classes: int
+    used: int
+    missing: np.ndarray  # int64, sorted
+
+    @property
+    def contiguous(self) -> bool:
+        return len(self.missing) == 0
+
+    def describe(self, limit: int = 8) -> str:
+        if self.contiguous:
+            return f"labels 0..{self.num_classes - 1} all used"
+        shown = ", ".join(str(int(v)) for v in self.missing[:limit])
+        more = f", ... ({len(self.missing) - limit} more)" if len(self.missing) > limit else ""
+        return (f"labels span 0..{self.num_classes - 1} but {len(self.missing)} of them have no sample "
+                f"(e.g. {shown}{more}); {self.used} classes are used")
+
+
+def label_space(labels: np.ndarray) -> LabelSpace:
+    if len(labels) == 0:
+        return LabelSpace(0, 0, np.zeros(0, dtype=np.int64))
+    counts = np.bincount(labels)
+    return LabelSpace(len(counts), int((counts > 0).sum()), np.flatnonzero(counts == 0).astype(np.int64))
 
 
 @attrs.frozen
 class Index:
-    """Parsed index: per sample a shard file id, a byte offset and a label."""
+    """Parsed training index: per sample a shard file id, a byte offset and a label."""
 
     path: Path
     files: tuple[Path, ...]
     file_id: np.ndarray  # int32 [N]
     offsets: np.ndarray  # int64 [N]
     labels: np.ndarray  # int64 [N]
+    #: (record_name, shard_idx) of every file, parallel to ``files`` (for rewriting the index).
+    keys: tuple[tuple[str, int], ...] = ()
+    #: 1-based line number of every sample in ``path`` (for error messages).
+    lines: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,43 +99,77 @@ class Index:
     def num_classes(self) -> int:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
 
+    def label_space(self) -> LabelSpace:
+        return label_space(self.labels)
+
+    def line_of(self, i: int) -> int:
+        return int(self.lines[i]) if self.lines is not None else i + 1
+
+    def where(self, i: int) -> str:
+        """``"<shard>: offset N (index <file>:<line>)"`` for messages about sample ``i``."""
+        fid = int(self.file_id[i])
+        return f"{self.files[fid]}: offset {int(self.offsets[i])} (index {self.path}:{self.line_of(i)})"
+
+    def subset(self, rows: np.ndarray, labels: np.ndarray | None = None) -> Index:
+        """The samples ``rows`` (in that order), optionally relabelled."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return attrs.evolve(
+            self,
+            file_id=self.file_id[rows],
+            offsets=self.offsets[rows],
+            labels=self.labels[rows] if labels is None else np.asarray(labels, dtype=np.int64),
+            lines=self.lines[rows] if self.lines is not None else rows + 1,
+        )
+
+
+def _open_text(path: Path, what: str):
+    try:
+        return path.open("r", encoding="utf-8")
+    except OSError as exc:
+        raise IndexFormatError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+
 
 def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
-    """Parse an index; shard paths are relative to ``root`` (default: the index's folder)."""
+    """Parse a training index; shard paths are relative to ``root`` (default: the index's folder)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     files: dict[tuple[str, int], int] = {}
-    file_id, offsets, labels = [], [], []
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise IndexFormatError(f"{path}: cannot read index: {exc.strerror or exc}") from None
-    with handle:
+    file_id, offsets, labels, lines = [], [], [], []
+    with _open_text(path, "index") as handle:
         for lineno, line in enumerate(handle, 1):
             line = line.rstrip("\n\r")
             if not line.strip():
                 continue
             cols = line.split("\t")
             if len(cols) != 4:
+                hint = ""
+                if len(cols) == 3:
+                    hint = " (a 3-column pack index has no labels: join it with a label list, `tface data reindex`)"
                 raise IndexFormatError(
                     f"{path}:{lineno}: expected 4 tab-separated columns "
-                    f"(record_name, shard, offset, label), got {len(cols)}: {line[:120]!r}"
+                    f"(record_name, shard, offset, label), got {len(cols)}{hint}: {line[:120]!r}"
                 )
             name, shard, offset, label = cols
-            try:
-                shard_i, offset_i, label_i = int(shard), int(offset), int(label)
-            except ValueError:
-                raise IndexFormatError(
-                    f"{path}:{lineno}: shard, offset and label must be integers: {line[:120]!r}"
-                ) from None
+            values = []
+            for col, text in (("shard", shard), ("offset", offset), ("label", label)):
+                try:
+                    values.append(int(text))
+                except ValueError:
+                    raise IndexFormatError(
+                        f"{path}:{lineno}: {col} must be an integer, got {text!r}: {line[:120]!r}"
+                    ) from None
+            shard_i, offset_i, label_i = values
             if shard_i < 0 or offset_i < 0 or label_i < 0:
                 raise IndexFormatError(f"{path}:{lineno}: negative shard, offset or label: {line[:120]!r}")
+            if not name:
+                raise IndexFormatError(f"{path}:{lineno}: empty record name: {line[:120]!r}")
             key = (name, shard_i)
             if key not in files:
                 files[key] = len(files)
             file_id.append(files[key])
             offsets.append(offset_i)
             labels.append(label_i)
+            lines.append(lineno)
     if not labels:
         raise IndexFormatError(f"{path}: the index has no samples")
     return Index(
@@ -86,7 +178,16 @@ def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
         file_id=np.asarray(file_id, dtype=np.int32),
         offsets=np.asarray(offsets, dtype=np.int64),
         labels=np.asarray(labels, dtype=np.int64),
+        keys=tuple(files),
+        lines=np.asarray(lines, dtype=np.int64),
     )
+
+
+def index_rows(index: Index) -> Iterator[tuple[str, int, int, int]]:
+    """The ``(record_name, shard, offset, label)`` rows of a parsed index (for rewriting it)."""
+    for fid, off, lab in zip(index.file_id.tolist(), index.offsets.tolist(), index.labels.tolist()):
+        name, shard = index.keys[fid]
+        yield name, shard, off, lab
 
 
 def write_index(path: str | os.PathLike, lines: Iterable[tuple[str, int, int, int]]) -> Path:
@@ -95,3 +196,106 @@ def write_index(path: str | os.PathLike, lines: Iterable[tuple[str, int, int, in
 
     text = "".join(f"{n}\t{s}\t{o}\t{lab}\n" for n, s, o, lab in lines)
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --- pack index and label lists ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class PackEntry:
+    path: str
+    shard: int
+    offset: int
+    line: int
+
+
+def read_pack_index(path: str | os.PathLike) -> list[PackEntry]:
+    """Parse a 3-column ``image_path<TAB>shard<TAB>offset`` index (TFace ``img2tfrecord`` output)."""
+    path = Path(path)
+    out: list[PackEntry] = []
+    with _open_text(path, "pack index") as handle:
+        for lineno, line in enumerate(handle, 1):
+            line = line.rstrip("\n\r")
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) != 3:
+                raise IndexFormatError(
+                    f"{path}:{lineno}: expected 3 tab-separated columns (image_path, shard, offset), "
+                    f"got {len(cols)}: {line[:120]!r}"
+                )
+            try:
+                shard, offset = int(cols[1]), int(cols[2])
+            except ValueError:
+                raise IndexFormatError(f"{path}:{lineno}: shard and offset must be integers: {line[:120]!r}") from None
+            if shard < 0 or offset < 0:
+                raise IndexFormatError(f"{path}:{lineno}: negative shard or offset: {line[:120]!r}")
+            out.append(PackEntry(cols[0], shard, offset, lineno))
+    if not out:
+        raise IndexFormatError(f"{path}: the pack index has no entries")
+    return out
+
+
+def write_pack_index(path: str | os.PathLike, rows: Iterable[tuple[str, int, int]]) -> Path:
+    """Write ``(image_path, shard, offset)`` rows atomically (paths must not contain tabs or newlines)."""
+    from tface.core.fsutil import atomic_write_bytes
+
+    parts = []
+    for p, s, o in rows:
+        if "\t" in p or "\n" in p or "\r" in p:
+            raise ValueError(f"image path {p!r} contains a tab or newline; it cannot go into an index")
+        parts.append(f"{p}\t{s}\t{o}\n")
+    return atomic_write_bytes(path, "".join(parts).encode("utf-8"))
+
+
+def read_label_list(path: str | os.PathLike) -> list[tuple[str, int, int]]:
+    """``path<TAB>label`` lines (or ``path label``, split on the last space) → ``(path, label, line)``."""
+    path = Path(path)
+    out: list[tuple[str, int, int]] = []
+    with _open_text(path, "label list") as handle:
+        for lineno, line in enumerate(handle, 1):
+            line = line.rstrip("\n\r")
+            if not line.strip():
+                continue
+            if "\t" in line:
+                img, _, label = line.rpartition("\t")
+            else:
+                parts = line.rsplit(None, 1)
+                if len(parts) != 2:
+                    raise IndexFormatError(f"{path}:{lineno}: expected 'path label', got {line[:120]!r}")
+                img, label = parts
+            try:
+                value = int(label)
+            except ValueError:
+                raise IndexFormatError(f"{path}:{lineno}: label must be an integer, got {label!r}") from None
+            if value < 0:
+                raise IndexFormatError(f"{path}:{lineno}: negative label {value}")
+            out.append((img, value, lineno))
+    if not out:
+        raise IndexFormatError(f"{path}: the label list is empty")
+    return out
+
+
+@attrs.frozen
+class JoinResult:
+    rows: list[tuple[str, int, int, int]]
+    #: label-list paths with no record in the pack index, with their line numbers
+    unmatched: list[tuple[str, int]]
+    #: pack-index paths that no label-list line mentions
+    unlabelled: int
+
+
+def join_labels(pack: list[PackEntry], labels: list[tuple[str, int, int]], record_name: str) -> JoinResult:
+    """TFace's ``convert_new_index``: training rows in label-list order, unmatched paths reported."""
+    where = {e.path: (e.shard, e.offset) for e in pack}
+    rows: list[tuple[str, int, int, int]] = []
+    unmatched: list[tuple[str, int]] = []
+    used: set[str] = set()
+    for img, label, line in labels:
+        hit = where.get(img)
+        if hit is None:
+            unmatched.append((img, line))
+            continue
+        used.add(img)
+        rows.append((record_name, hit[0], hit[1], label))
+    return JoinResult(rows, unmatched, len(where) - len(used))

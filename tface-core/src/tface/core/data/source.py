@@ -27,7 +27,7 @@ class DatasetSource(abc.ABC):
 
     @abc.abstractmethod
     def train_dataset(self, transform: Transform | None = None) -> Dataset:
-        """The training set; items are ``(float image [3, H, W] in [-1, 1], int label)``."""
+        """The training set; items are ``(uint8 image [3, H, W], int label)`` (see :mod:`tface.core.data.base`)."""
 
     def eval_sets(self) -> dict[str, dict[str, Path]]:
         """Evaluation files this source offers: ``{protocol: {dataset name: path}}``."""

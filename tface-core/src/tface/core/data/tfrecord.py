@@ -8,18 +8,23 @@ generated ``Example`` module reads these files just the same.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import BinaryIO
 
 import crc32c as _crc32c
 import numpy as np
 
+from tface.core.data.errors import DataError
+
 __all__ = [
     "RecordError",
     "masked_crc",
     "frame",
     "read_record_at",
+    "pread_record",
     "parse_example",
+    "bytes_feature",
     "HEADER",
     "FOOTER",
 ]
@@ -29,7 +34,7 @@ FOOTER = 4  # u32 payload CRC
 _MASK_DELTA = 0xA282EAD8
 
 
-class RecordError(IOError):
+class RecordError(DataError):
     """A record that cannot be read: names the file and byte offset."""
 
 
@@ -66,6 +71,105 @@ def read_record_at(f: BinaryIO, offset: int, *, path: str = "?", verify: bool = 
         if masked_crc(payload) != want:
             raise RecordError(f"{path}: offset {offset}: payload CRC mismatch (corrupted record)")
     return payload
+
+
+def pread_record(fd: int, offset: int, *, path: str = "?", verify: bool = True,
+                 size_hint: int = 65536) -> bytes:
+    """Like :func:`read_record_at` on a raw file descriptor, in one ``pread`` when the record fits
+    ``size_hint`` bytes (no seek, no buffering layer: the cheapest random access Python offers)."""
+    buf = os.pread(fd, size_hint, offset)
+    if len(buf) < HEADER:
+        raise RecordError(f"{path}: offset {offset}: truncated record header ({len(buf)} of {HEADER} bytes)")
+    (length,) = _U64.unpack_from(buf)
+    if verify:
+        (want,) = _U32.unpack_from(buf, 8)
+        if masked_crc(buf[:8]) != want:
+            raise RecordError(f"{path}: offset {offset}: length CRC mismatch (not a record boundary?)")
+    end = HEADER + length + FOOTER
+    if end > len(buf):
+        if len(buf) == size_hint:  # the record is larger than the hint: read the rest
+            buf += os.pread(fd, end - len(buf), offset + len(buf))
+        if end > len(buf):
+            raise RecordError(f"{path}: offset {offset}: truncated record (needs {length + FOOTER} bytes after the "
+                              f"header, file has {len(buf) - HEADER})")
+    payload = buf[HEADER:HEADER + length]
+    if verify:
+        (want,) = _U32.unpack_from(buf, HEADER + length)
+        if masked_crc(payload) != want:
+            raise RecordError(f"{path}: offset {offset}: payload CRC mismatch (corrupted record)")
+    return payload
+
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+
+def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    result, shift = b & 0x7F, 7
+    while True:
+        pos += 1
+        b = buf[pos]
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos + 1
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def bytes_feature(payload: bytes, key: str) -> bytes | None:
+    """The first value of BytesList feature ``key`` of a serialised Example, or None when the key is absent.
+
+    A fast path for reading the image of every training sample: it walks only the map entries and never
+    builds the other features. Falls back to :func:`parse_example` for anything unusual.
+    """
+    want = key.encode("utf-8")
+    try:
+        tag, pos = _varint_at(payload, 0)
+        if tag != 0x0A:
+            raise ValueError
+        n, pos = _varint_at(payload, pos)
+        if pos + n != len(payload):
+            raise ValueError
+        end = pos + n
+        while pos < end:  # Features: repeated map entries (field 1)
+            tag, pos = _varint_at(payload, pos)
+            n, pos = _varint_at(payload, pos)
+            if tag != 0x0A:
+                raise ValueError
+            entry_end = pos + n
+            tag, p = _varint_at(payload, pos)
+            if tag == 0x0A:
+                klen, p = _varint_at(payload, p)
+                if payload[p:p + klen] == want:
+                    p += klen
+                    tag, p = _varint_at(payload, p)  # Feature (map value, field 2)
+                    if tag != 0x12:
+                        raise ValueError
+                    _, p = _varint_at(payload, p)
+                    tag, p = _varint_at(payload, p)  # BytesList (field 1 of Feature)
+                    if tag != 0x0A:
+                        raise ValueError
+                    _, p = _varint_at(payload, p)
+                    tag, p = _varint_at(payload, p)  # first value
+                    if tag != 0x0A:
+                        raise ValueError
+                    vlen, p = _varint_at(payload, p)
+                    if p + vlen > entry_end:
+                        raise ValueError
+                    return payload[p:p + vlen]
+            pos = entry_end
+        return None
+    except (ValueError, IndexError):
+        feature = parse_example(payload).get(key)
+        if feature is None:
+            return None
+        if not isinstance(feature, list) or not feature:
+            raise ValueError(f"feature {key!r} holds no bytes") from None
+        return feature[0]
 
 
 # --- protobuf wire format, just enough for Example / Features / Feature / *List -----------------------

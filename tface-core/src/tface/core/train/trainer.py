@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from tface.core import recipe as recipe_mod
 from tface.core import registry
 from tface.core.classifier import Classifier
+from tface.core.data.branches import BranchLoader, BranchSpec, MultiBatch
+from tface.core.data.image import normalize
 from tface.core.hooks import plugin_manager
 from tface.core.protocol import EvalContext
 from tface.core.report import markdown_table, write_reports
@@ -68,7 +69,7 @@ class Components:
 
     def __init__(self, recipe: recipe_mod.Recipe):
         self.recipe = recipe
-        self.source = recipe.data.build()
+        self.sources = [b.source.build() for b in recipe.data]
         self.backbone: nn.Module = recipe.backbone.build()
         self.head: nn.Module = recipe.head.build()
         self.augmenters = [c.build() for c in recipe.augment]
@@ -80,7 +81,12 @@ class Components:
 
         r = self.recipe
         lines = [
-            f"data      {r.data.name}: {type(self.source).__name__}",
+            f"data      {b.source.name}: {type(src).__name__}"
+            + (f" (branch {b.name}, batch {b.batch(r.train)}, weight {b.weight:g}, {b.sampler} sampler)"
+               if len(r.data) > 1 or b.explicit else "")
+            for b, src in zip(r.data, self.sources)
+        ]
+        lines += [
             f"backbone  {r.backbone.name}: {type(self.backbone).__name__}, {params(self.backbone)}",
             f"head      {r.head.name}: {self.head}",
         ]
@@ -97,12 +103,6 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 class Trainer:
@@ -128,38 +128,51 @@ class Trainer:
         self.echo("preparing data ...")
         t0 = time.perf_counter()
         transform = Compose(self.parts.augmenters) if self.parts.augmenters else None
-        self.dataset = self.parts.source.train_dataset(transform=transform)
+        specs = []
+        for i, (branch, source) in enumerate(zip(self.recipe.data, self.parts.sources)):
+            dataset = source.train_dataset(transform=transform)
+            message = getattr(dataset, "label_message", None)
+            if message:
+                self.echo(f"note: {message}")
+            specs.append(BranchSpec(branch.name, dataset, branch.batch(cfg), branch.weight, branch.sampler,
+                                    branch.images_per_identity))
+            if len(dataset) < branch.batch(cfg):
+                key = f"data[{i}].batch_size" if branch.batch_size is not None else "train.batch_size"
+                raise TrainingError(f"{key} = {branch.batch(cfg)} but the data set of branch {branch.name!r} "
+                                    f"has only {len(dataset)} samples")
         self.data_seconds = time.perf_counter() - t0
-        num_classes = int(self.dataset.num_classes)
         self.backbone = self.parts.backbone.to(self.device)
         if cfg.channels_last:  # faster depthwise/1x1 convolutions on CPUs and tensor cores
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         emb = embedding_size_of(self.backbone)
-        self.classifier = Classifier(num_classes, emb, self.parts.head).to(self.device)
+        # One classifier per branch: class spaces of different data sets never mix (TFace: one head each).
+        heads = [self.parts.head] + [self.recipe.head.build() for _ in specs[1:]]
+        self.classifiers = nn.ModuleDict({
+            s.name: Classifier(int(s.dataset.num_classes), emb, head) for s, head in zip(specs, heads)
+        }).to(self.device)
+        self.weights = {s.name: s.weight for s in specs}
         self.optimizer = torch.optim.SGD(
-            param_groups([self.backbone, self.classifier], cfg.weight_decay),
+            param_groups([self.backbone, self.classifiers], cfg.weight_decay),
             lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(step, cfg.warmup_steps, cfg.warmup_start, cfg.lr_milestones, cfg.lr_gamma),
         )
-        if len(self.dataset) < cfg.batch_size:
-            raise TrainingError(
-                f"train.batch_size = {cfg.batch_size} but the data set has only {len(self.dataset)} samples"
-            )
-        gen = torch.Generator()
-        gen.manual_seed(self.recipe.seed)
-        self.loader = DataLoader(
-            self.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
-            num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-            worker_init_fn=_worker_init, pin_memory=self.device.type == "cuda",
-        )
-        self.eval_ctx_provided = self.parts.source.eval_sets()
+        try:
+            self.loader = BranchLoader(specs, num_workers=cfg.num_workers, seed=self.recipe.seed,
+                                       pin_memory=self.device.type == "cuda")
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.eval_ctx_provided: dict[str, dict[str, Path]] = {}
+        for source in self.parts.sources:
+            for proto, sets in source.eval_sets().items():
+                self.eval_ctx_provided.setdefault(proto, {}).update(sets)
+        sizes = ", ".join(f"{s.name}: {len(s.dataset):,} images, {int(s.dataset.num_classes):,} classes" for s in specs)
         self.echo(
-            f"data: {len(self.dataset):,} images, {num_classes:,} classes ({self.data_seconds:.1f}s); "
-            f"device: {self.device}; steps: {cfg.max_steps}, batch {cfg.batch_size}"
+            f"data: {sizes} ({self.data_seconds:.1f}s); "
+            f"device: {self.device}; steps: {cfg.max_steps}, {len(self.loader)} per epoch"
         )
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -182,7 +195,7 @@ class Trainer:
             "step": step,
             "epoch": epoch,
             "backbone": self.backbone.state_dict(),
-            "classifier": self.classifier.state_dict(),
+            "classifiers": {name: c.state_dict() for name, c in self.classifiers.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "recipe": recipe_mod.dumps(self.recipe),
@@ -198,20 +211,34 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _forward(self, batch: MultiBatch) -> tuple[torch.Tensor, dict[str, tuple[float, int, int]]]:
+        """Weighted sum of the branch losses; per branch (loss, correct, seen) for the logs."""
+        images = normalize(batch.images).contiguous(memory_format=self.memory_format)
+        embeddings = self.backbone(images).float()
+        total: torch.Tensor | None = None
+        stats: dict[str, tuple[float, int, int]] = {}
+        for name, emb, labels in zip(batch.names, batch.split(embeddings), batch.labels):
+            loss, cos = self.classifiers[name](emb, labels)
+            weighted = loss * self.weights[name]
+            total = weighted if total is None else total + weighted
+            stats[name] = (loss.item(), int((cos.argmax(1) == labels).sum()), len(labels))
+        assert total is not None
+        return total, stats
+
     def train(self) -> int:
         cfg = self.cfg
         progress = Progress(cfg.max_steps)
         step, epoch = 0, 0
         self.backbone.train()
-        self.classifier.train()
-        window_loss, window_correct, window_seen = 0.0, 0, 0
+        self.classifiers.train()
+        names = [s.name for s in self.loader.specs]
+        window = {n: [0.0, 0, 0] for n in names}  # loss * seen, correct, seen
+        window_total, window_steps = 0.0, 0
         t_window = time.perf_counter()
         while step < cfg.max_steps:
-            for images, labels in self.loader:
-                images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-                labels = labels.to(self.device, non_blocking=True)
-                embeddings = self.backbone(images)
-                loss, cos = self.classifier(embeddings.float(), labels)
+            for batch in self.loader:
+                batch = batch.to(self.device)
+                loss, stats = self._forward(batch)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"loss became {loss.item()} at step {step + 1} (lr {self.scheduler.get_last_lr()[0]:.4g}); "
@@ -223,24 +250,33 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 step += 1
-                window_loss += loss.item() * len(labels)
-                window_correct += int((cos.argmax(1) == labels).sum())
-                window_seen += len(labels)
+                for n, (branch_loss, correct, seen) in stats.items():
+                    w = window[n]
+                    w[0] += branch_loss * seen
+                    w[1] += correct
+                    w[2] += seen
+                window_total += loss.item()
+                window_steps += 1
                 log = step % cfg.log_every == 0 or step == cfg.max_steps
                 fields = {"loss": loss.item(), "lr": lr}
                 if log:
                     now = time.perf_counter()
+                    seen = sum(w[2] for w in window.values())
                     record = {
                         "step": step,
                         "epoch": epoch,
-                        "loss": window_loss / window_seen,
-                        "top1": 100.0 * window_correct / window_seen,
+                        "loss": window_total / window_steps,
+                        "top1": 100.0 * sum(w[1] for w in window.values()) / seen,
                         "lr": lr,
-                        "images_per_s": window_seen / max(now - t_window, 1e-9),
+                        "images_per_s": seen / max(now - t_window, 1e-9),
                     }
+                    if len(names) > 1:
+                        record["branches"] = {n: {"loss": w[0] / w[2], "top1": 100.0 * w[1] / w[2]}
+                                              for n, w in window.items()}
                     self._write_metrics(record)
                     fields = {k: record[k] for k in ("loss", "top1", "lr", "images_per_s")}
-                    window_loss, window_correct, window_seen, t_window = 0.0, 0, 0, now
+                    window = {n: [0.0, 0, 0] for n in names}
+                    window_total, window_steps, t_window = 0.0, 0, now
                 progress.update(step, fields, log)
                 self.pm.hook.tface_step_end(step=step, metrics=fields)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -283,6 +319,11 @@ class Trainer:
             "total_seconds": round(time.perf_counter() - t_start, 2),
             "device": str(self.device),
         }
+        skipped = self.loader.skipped
+        if any(skipped.values()):
+            summary["skipped_samples"] = skipped
+            self.echo("skipped bad samples: " + ", ".join(f"{n}: {k}" for n, k in skipped.items())
+                      + " (the log lists each one)")
         write_reports(self.run_dir, self.results, summary)
         self.pm.hook.tface_run_end(run_dir=self.run_dir, step=step, results=self.results)
         self.echo(f"run folder: {self.run_dir} ({summary['total_seconds']:.0f}s)")
