@@ -391,3 +391,19 @@ def test_cli_pack_list_with_landmarks_and_help(photos, tmp_path):
     for option in ("--name", "--list", "--root", "--landmarks", "--workers", "--shard-size", "--quality",
                    "--extra-keys", "--on-error", "--overwrite"):
         assert option in res.output
+
+
+def test_a_failed_pack_leaves_no_partial_output(tmp_path):
+    from tface.core.data.pack import PackError, pack
+
+    src = tmp_path / "faces"
+    for ident in ("a", "b"):
+        (src / ident).mkdir(parents=True)
+        for k in range(2):
+            Image.new("RGB", (112, 112), (40 * k, 90, 200)).save(src / ident / f"{k}.jpg")
+    (src / "b" / "9.jpg").write_bytes(b"not an image")
+    with pytest.raises(PackError, match="9.jpg: cannot decode image"):
+        pack(src, tmp_path / "out", "demo")
+    assert not (tmp_path / "out" / "demo").exists() and not (tmp_path / "out" / "demo.txt").exists()
+    report = pack(src, tmp_path / "out", "demo", on_error="skip")  # the rerun needs no --overwrite
+    assert report.written == 4 and [p for p, _ in report.skipped] == ["b/9.jpg"]

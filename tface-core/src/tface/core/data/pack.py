@@ -152,6 +152,17 @@ def _clear(out_dir: Path, name: str, overwrite: bool) -> None:
         p.unlink()
 
 
+def _remove_outputs(out_dir: Path, name: str) -> None:
+    folder = out_dir / name
+    for p in [out_dir / f"{name}.txt", folder / f"{name}.index", folder / "classes.tsv",
+              *(sorted(folder.glob(f"{name}-*.tfrecord")) if folder.is_dir() else [])]:
+        p.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (the user's own files) or already gone
+
+
 def _pool(workers: int):
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return mp.get_context(method).Pool(workers)
@@ -225,6 +236,9 @@ def pack(source: str | os.PathLike | ImageList, out_dir: str | os.PathLike, name
                                 f"{' ...' if len(skipped) > 3 else ''})")
             shards = sorted({row[1] for row in writer.rows})
             _write_classes(out_dir / name / "classes.tsv", images.classes)
+    except BaseException:
+        _remove_outputs(out_dir, name)  # a failed pack leaves nothing that looks like a data set
+        raise
     finally:
         if pool is not None:
             pool.terminate()

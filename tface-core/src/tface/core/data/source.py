@@ -15,6 +15,7 @@ import attrs
 import torch
 from torch.utils.data import Dataset
 
+from tface.core.data.base import LABEL_GAPS, ON_ERROR
 from tface.core.data.dataset import IndexedTFRecordDataset
 
 __all__ = ["DatasetSource", "IndexedTFRecordSource", "Transform"]
@@ -35,24 +36,34 @@ class DatasetSource(abc.ABC):
 
 
 class IndexedTFRecordSource(DatasetSource):
-    """TFace-format shards + index (``name<TAB>shard<TAB>offset<TAB>label``)."""
+    """TFace-format shards + index (``name<TAB>shard<TAB>offset<TAB>label``).
+
+    ``root`` is TFace's ``DATA_ROOT`` (default: the index's folder); ``on_error`` is the bad-record policy
+    (``error`` stops with file and offset, ``skip`` counts, logs and replaces the sample); ``label_gaps``
+    says what to do when some labels in ``0..max`` have no sample (``warn``, ``error`` or ``compact``).
+    """
 
     @attrs.define
     class Config:
         index: Path
         root: Path | None = None
         verify_crc: bool = True
+        on_error: str = attrs.field(default="error", validator=attrs.validators.in_(ON_ERROR))
+        label_gaps: str = attrs.field(default="warn", validator=attrs.validators.in_(LABEL_GAPS))
         bins: list[Path] = attrs.field(factory=list)
 
-    def __init__(self, index: Path, root: Path | None = None, verify_crc: bool = True,
-                 bins: list[Path] | None = None):
+    def __init__(self, index: Path, root: Path | None = None, verify_crc: bool = True, on_error: str = "error",
+                 label_gaps: str = "warn", bins: list[Path] | None = None):
         self.index = Path(index)
         self.root = Path(root) if root is not None else None
         self.verify_crc = verify_crc
+        self.on_error = on_error
+        self.label_gaps = label_gaps
         self.bins = [Path(b) for b in bins or []]
 
     def train_dataset(self, transform: Transform | None = None) -> IndexedTFRecordDataset:
-        return IndexedTFRecordDataset(self.index, self.root, transform=transform, verify_crc=self.verify_crc)
+        return IndexedTFRecordDataset(self.index, self.root, transform=transform, verify_crc=self.verify_crc,
+                                      on_error=self.on_error, label_gaps=self.label_gaps)
 
     def eval_sets(self) -> dict[str, dict[str, Path]]:
         return {"verification": {b.stem: b for b in self.bins}} if self.bins else {}

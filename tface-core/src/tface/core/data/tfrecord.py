@@ -142,25 +142,28 @@ def bytes_feature(payload: bytes, key: str) -> bytes | None:
                 raise ValueError
             entry_end = pos + n
             tag, p = _varint_at(payload, pos)
-            if tag == 0x0A:
-                klen, p = _varint_at(payload, p)
-                if payload[p:p + klen] == want:
-                    p += klen
-                    tag, p = _varint_at(payload, p)  # Feature (map value, field 2)
-                    if tag != 0x12:
-                        raise ValueError
-                    _, p = _varint_at(payload, p)
-                    tag, p = _varint_at(payload, p)  # BytesList (field 1 of Feature)
-                    if tag != 0x0A:
-                        raise ValueError
-                    _, p = _varint_at(payload, p)
-                    tag, p = _varint_at(payload, p)  # first value
-                    if tag != 0x0A:
-                        raise ValueError
-                    vlen, p = _varint_at(payload, p)
-                    if p + vlen > entry_end:
-                        raise ValueError
-                    return payload[p:p + vlen]
+            if tag != 0x0A:  # the value came before the key: legal, but not the layout writers produce
+                raise ValueError
+            klen, p = _varint_at(payload, p)
+            if payload[p:p + klen] == want:
+                p += klen
+                tag, p = _varint_at(payload, p)  # Feature (map value, field 2)
+                if tag != 0x12:
+                    raise ValueError
+                _, p = _varint_at(payload, p)
+                tag, p = _varint_at(payload, p)  # BytesList (field 1 of Feature)
+                if tag != 0x0A:
+                    raise ValueError
+                blen, p = _varint_at(payload, p)
+                if blen == 0:  # an empty BytesList
+                    raise ValueError
+                tag, p = _varint_at(payload, p)  # first value
+                if tag != 0x0A:
+                    raise ValueError
+                vlen, p = _varint_at(payload, p)
+                if p + vlen > entry_end:
+                    raise ValueError
+                return payload[p:p + vlen]
             pos = entry_end
         return None
     except (ValueError, IndexError):

@@ -17,6 +17,7 @@ from tface.core import recipe as recipe_mod
 from tface.core import registry
 from tface.core.classifier import Classifier
 from tface.core.data.branches import BranchLoader, BranchSpec, MultiBatch
+from tface.core.data.errors import DataError
 from tface.core.data.image import normalize
 from tface.core.hooks import plugin_manager
 from tface.core.protocol import EvalContext
@@ -105,6 +106,29 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _worker_message(exc: BaseException) -> str:
+    """The original message of an exception re-raised from a DataLoader worker (not its traceback dump)."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+def _data_errors(loader, step: Callable[[], int]):
+    """Iterate ``loader``; a bad sample (``on_error = "error"``) stops the run naming the step and the record."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except DataError as exc:
+            raise TrainingError(f"step {step()}: {_worker_message(exc)} (set on_error = \"skip\" in the data "
+                                "table to skip bad samples; `tface data verify` lists them all)") from exc
+        yield batch
+
+
 class Trainer:
     """Single-process trainer (CPU or one GPU). Writes everything into ``run_dir``."""
 
@@ -130,7 +154,10 @@ class Trainer:
         transform = Compose(self.parts.augmenters) if self.parts.augmenters else None
         specs = []
         for i, (branch, source) in enumerate(zip(self.recipe.data, self.parts.sources)):
-            dataset = source.train_dataset(transform=transform)
+            try:
+                dataset = source.train_dataset(transform=transform)
+            except (ValueError, OSError) as exc:  # bad index, missing shard, label gaps refused, ...
+                raise TrainingError(f"data branch {branch.name!r}: {exc}") from exc
             message = getattr(dataset, "label_message", None)
             if message:
                 self.echo(f"note: {message}")
@@ -236,7 +263,7 @@ class Trainer:
         window_total, window_steps = 0.0, 0
         t_window = time.perf_counter()
         while step < cfg.max_steps:
-            for batch in self.loader:
+            for batch in _data_errors(self.loader, lambda: step + 1):  # noqa: B023 - read when an error happens
                 batch = batch.to(self.device)
                 loss, stats = self._forward(batch)
                 if not torch.isfinite(loss):
