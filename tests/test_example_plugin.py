@@ -65,4 +65,4 @@ def test_formula(installed):
         for j in range(4):
             c = float(batch.cos[i, j].detach())
             want = 10.0 * (math.cos(min(0.9 * math.acos(c) + 0.3, math.pi)) - 0.1) if j == labels[i] else 10.0 * c
-            assert float(logits[i, j]) == pytest.approx(want, abs=1e-6)
+            assert float(logits[i, j].detach()) == pytest.approx(want, abs=1e-6)
