@@ -1,6 +1,7 @@
 """Test sessions. ``nox -s tests`` is what CI and the README run.
 
-- ``tests``: every distribution installed (editable) in one environment, every test.
+- ``tests``: every distribution installed (editable) in one environment, with optional extras that
+  tests exercise (``tface-backbones[onnx]``), every test.
 - ``isolated``: for each plugin distribution, only ``tface-core`` + that one, and its own tests: proves
   ``pip install tface-core tface-<part>`` is a working set.
 - ``lint``: ruff.
@@ -27,7 +28,8 @@ def _editable(*dists: str) -> list[str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """All distributions together, all tests (plus the top-level integration tests)."""
-    session.install(*TEST_DEPS, *_editable(CORE, *PLUGINS))
+    # the optional `onnx` extra of tface-backbones too, so the ONNX export/parity tests run in CI
+    session.install(*TEST_DEPS, *_editable(CORE, *PLUGINS[1:]), "-e", f"{PLUGINS[0]}[onnx]")
     session.run("pytest", CORE, *PLUGINS, "tests", *session.posargs)
 
 

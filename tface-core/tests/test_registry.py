@@ -126,3 +126,25 @@ def test_no_namespace_init_in_core():
     import tface
 
     assert getattr(tface, "__file__", None) is None
+
+
+def test_entry_points_with_one_target_are_one_component_with_aliases(site):
+    site("zoo", {"tface.backbones": {"ZZ_50": "zoomod:zz_50", "zz_50": "zoomod:zz_50", "zz_101": "zoomod:zz_100",
+                                     "zz_100": "zoomod:zz_100", "ZZ_101": "zoomod:zz_100"}},
+         {"zoomod.py": "def zz_50():\n    return 50\n\ndef zz_100():\n    return 100\n"})
+    zoo = [e for e in registry.entries("backbones") if e.distribution == "zoo"]
+    # the name is the entry called like the target's object; the others are aliases
+    assert [(e.name, sorted(e.aliases)) for e in zoo] == [("zz_100", ["ZZ_101", "zz_101"]), ("zz_50", ["ZZ_50"])]
+    assert registry.get("backbones", "ZZ_101")() == 100 and registry.get("backbones", "zoo:ZZ_50")() == 50
+    assert "zz_50" in registry.names("backbones") and "ZZ_50" not in registry.names("backbones")
+    with pytest.raises(registry.UnknownComponentError, match='did you mean "ZZ_50"'):
+        registry.get("backbones", "ZZ_5O")
+    from click.testing import CliRunner
+
+    from tface.core.cli import cli
+
+    res = CliRunner().invoke(cli, ["list", "backbones", "--json", "--no-check"])
+    rows = {r["name"]: r for r in json.loads(res.output) if r["distribution"] == "zoo"}
+    assert sorted(rows["zz_100"]["aliases"][:-1]) == ["ZZ_101", "zz_101"] and rows["zz_100"]["aliases"][-1] == "zoo:zz_100"
+    table = CliRunner().invoke(cli, ["list", "backbones", "--no-check"]).output
+    assert "also" in table.splitlines()[0] and "ZZ_101" in table

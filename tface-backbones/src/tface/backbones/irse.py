@@ -16,7 +16,8 @@ from torch import nn
 from tface.backbones.common import SEModule, check_choice, initialize_weights
 from tface.core.config import uses
 
-__all__ = ["IR", "UNITS", "IRConfig", "build_ir", "ir_18"]
+__all__ = ["IR", "UNITS", "IRConfig", "build_ir", "ir_18", "ir_34", "ir_50", "ir_101", "ir_152", "ir_200",
+           "ir_se_50", "ir_se_101", "ir_se_152", "ir_se_200"]
 
 INPUT_SIZES: tuple[int, ...] = (112, 224)
 
@@ -160,3 +161,27 @@ class IRConfig:
 def ir_18(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
     """IR-18 (TFace ``IR_18``): 24.0 M parameters at 112/512, most of them in the output Linear."""
     return build_ir(18, embedding_size, input_size, dropout)
+
+
+def _factory(depth: int, se: bool, params: str) -> object:
+    name = f"ir_se_{depth}" if se else f"ir_{depth}"
+    tface_name = name.upper()
+
+    @uses(IRConfig)
+    def factory(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
+        return build_ir(depth, embedding_size, input_size, dropout, se=se)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"{'IR-SE' if se else 'IR'}-{depth} (TFace ``{tface_name}``): {params} parameters at 112/512."
+    return factory
+
+
+ir_34 = _factory(34, False, "34.1 M")
+ir_50 = _factory(50, False, "43.6 M")
+ir_101 = _factory(101, False, "65.2 M")  # TFace's IR_101 is ArcFace's IR-100: [3, 13, 30, 3] units
+ir_152 = _factory(152, False, "109.6 M")
+ir_200 = _factory(200, False, "114.1 M")
+ir_se_50 = _factory(50, True, "43.8 M")
+ir_se_101 = _factory(101, True, "65.5 M")
+ir_se_152 = _factory(152, True, "116.2 M")
+ir_se_200 = _factory(200, True, "121.2 M")

@@ -25,10 +25,48 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
-@click.group(cls=_Group)
+class _RootGroup(_Group):
+    """The ``tface`` group: plugins add commands through the ``tface_register_commands`` hook on first use."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from tface.core.hooks import HookPluginError, plugin_manager
+
+        try:
+            pm = plugin_manager()
+        except HookPluginError as exc:
+            click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
+            return
+        groups = {"tface": self, **{n: c for n, c in self.commands.items() if isinstance(c, click.Group)}}
+        pm.hook.tface_register_commands(groups=groups)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        self._load_plugin_commands()
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_RootGroup)
 @click.version_option(__version__, prog_name="tface")
 def cli() -> None:
     """tface: face-recognition training and evaluation with plugins."""
+
+
+@cli.group("bench", cls=_Group)
+def bench_cmd() -> None:
+    """Benchmarks contributed by plugins (e.g. `tface bench latency` from tface-backbones)."""
+
+
+@cli.group("export", cls=_Group)
+def export_cmd() -> None:
+    """Model export contributed by plugins (e.g. `tface export onnx` from tface-backbones)."""
 
 
 @cli.command("list")
@@ -42,7 +80,7 @@ def list_cmd(kind: str | None, as_json: bool, no_check: bool) -> None:
         rows.append({
             "kind": e.kind,
             "name": e.name,
-            "aliases": [e.qualified],
+            "aliases": [*e.aliases, e.qualified],
             "distribution": e.distribution,
             "version": e.version,
             "target": e.target,
@@ -55,6 +93,10 @@ def list_cmd(kind: str | None, as_json: bool, no_check: bool) -> None:
         click.echo("no components registered" + (f" for {kind}" if kind else ""))
         return
     cols = ["kind", "name", "distribution", "version", "status"]
+    if any(len(r["aliases"]) > 1 for r in rows):  # the last alias is always "dist:name"
+        cols.insert(2, "also")
+        for r in rows:
+            r["also"] = ", ".join(r["aliases"][:-1])
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     click.echo("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
     for r in rows:

@@ -58,6 +58,12 @@ class HookSpecs:
     def tface_run_end(self, run_dir: Path, step: int, results: list[dict[str, Any]]) -> None:
         """After the final evaluation and report."""
 
+    @hookspec
+    def tface_register_commands(self, groups: dict[str, Any]) -> None:
+        """Add click commands to the ``tface`` CLI: ``groups`` maps ``"tface"``, ``"bench"``, ``"export"`` and
+        ``"data"`` to their click groups (``groups["bench"].add_command(cmd)``). Called once per CLI start;
+        keep the module light and import heavy libraries inside the commands."""
+
 
 def plugin_manager(extra: list[Any] = ()) -> pluggy.PluginManager:
     """A fresh manager with every ``tface.plugins`` entry point (and ``extra`` objects) registered."""

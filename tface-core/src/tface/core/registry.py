@@ -3,6 +3,10 @@
 Every component, built-in or third-party, is an entry point in one of the ``tface.<kind>`` groups.
 Listing reads distribution metadata only; an entry point is imported the first time it is asked for,
 and the result (object or failure) is cached. One broken plugin never stops the others.
+
+Several entry points of one distribution with the same target are one component: the entry named
+like the target's object (else the first lower-case name) is its name, the others are aliases
+(``IR_50`` for ``ir_50``, TFace's spelling).
 """
 
 from __future__ import annotations
@@ -70,10 +74,15 @@ class Entry:
     version: str
     target: str
     entry_point: Any = attrs.field(repr=False, eq=False)
+    aliases: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
         return f"{self.distribution}:{self.name}"
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
 
 
 def _check_kind(kind: str) -> str:
@@ -98,7 +107,8 @@ def _allowed() -> set[str] | None:
 
 @functools.cache
 def _scan(kind: str, allowed: frozenset[str] | None) -> tuple[Entry, ...]:
-    found = []
+    groups: dict[tuple[str, str], list[Any]] = {}  # (distribution, target) -> entry points, in file order
+    meta: dict[str, tuple[str, str]] = {}
     seen: set[tuple[str, str]] = set()
     for ep in importlib_metadata.entry_points(group=f"tface.{kind}"):
         dist = ep.dist
@@ -110,7 +120,16 @@ def _scan(kind: str, allowed: frozenset[str] | None) -> tuple[Entry, ...]:
         if key in seen:  # the same distribution visible twice on sys.path
             continue
         seen.add(key)
-        found.append(Entry(kind, ep.name, dist_name, version, ep.value, ep))
+        meta.setdefault(canonical(dist_name), (dist_name, version))
+        groups.setdefault((canonical(dist_name), ep.value.replace(" ", "")), []).append(ep)
+    found = []
+    for (dist_key, target), eps in groups.items():
+        attr = target.rpartition(":")[2].rpartition(".")[2]
+        lower = sorted((ep for ep in eps if ep.name == ep.name.lower()), key=lambda ep: ep.name)
+        primary = next((ep for ep in eps if ep.name == attr), lower[0] if lower else eps[0])
+        dist_name, version = meta[dist_key]
+        aliases = tuple(ep.name for ep in eps if ep is not primary)
+        found.append(Entry(kind, primary.name, dist_name, version, primary.value, primary, aliases))
     return tuple(sorted(found, key=lambda e: (e.name, canonical(e.distribution))))
 
 
@@ -132,13 +151,13 @@ def resolve(kind: str, name: str) -> Entry:
     known = entries(kind)
     if ":" in name:
         dist_part, _, short = name.rpartition(":")
-        matches = [e for e in known if e.name == short and canonical(e.distribution) == canonical(dist_part)]
+        matches = [e for e in known if short in e.all_names and canonical(e.distribution) == canonical(dist_part)]
     else:
         short = name
-        matches = [e for e in known if e.name == name]
+        matches = [e for e in known if name in e.all_names]
     if not matches:
         all_names = sorted({e.name for e in known})
-        hint = closest(short, all_names)
+        hint = closest(short, sorted({n for e in known for n in e.all_names}))
         where = f" from distribution {dist_part!r}" if ":" in name else ""
         raise UnknownComponentError(
             f"unknown {kind[:-1] if kind.endswith('s') else kind} {name!r}{where}"
