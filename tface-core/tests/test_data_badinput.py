@@ -264,7 +264,8 @@ def test_branch_loader_concatenates_and_loops_the_shorter_branch(tmp_path):
 
 
 def tfrecord_recipe(tmp_path, tables: str, *overrides: str):
-    text = TOY_RECIPE.replace('[data]\nname = "toydata"\nclasses = 4\n', tables).replace("[[eval]]\nname = \"toyeval\"\n", "")
+    text = TOY_RECIPE.replace('[data]\nname = "toydata"\nclasses = 4\n', tables)
+    text = text.replace('[[eval]]\nname = "toyeval"\n', "")
     path = tmp_path / "r.toml"
     path.write_text(text)
     return recipe.load(path, list(overrides))

@@ -13,6 +13,7 @@ depend on the number of workers. Outputs, under ``OUT``::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -157,10 +158,8 @@ def _remove_outputs(out_dir: Path, name: str) -> None:
     for p in [out_dir / f"{name}.txt", folder / f"{name}.index", folder / "classes.tsv",
               *(sorted(folder.glob(f"{name}-*.tfrecord")) if folder.is_dir() else [])]:
         p.unlink(missing_ok=True)
-    try:
+    with contextlib.suppress(OSError):  # not empty (the user's own files) or already gone
         folder.rmdir()
-    except OSError:
-        pass  # not empty (the user's own files) or already gone
 
 
 def _pool(workers: int):
