@@ -198,7 +198,7 @@ def test_state_dict_roundtrip(factory) -> None:
 # --- validation --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [96, 224])
+@pytest.mark.parametrize("size", [96, 160])
 def test_mobilefacenet_rejects_input_size(size: int) -> None:
     with pytest.raises(ValueError, match=f"input_size={size}"):
         mobilefacenet(input_size=size)
@@ -237,7 +237,7 @@ def test_config_type_error_names_key() -> None:
 
 def test_config_value_checks() -> None:
     with pytest.raises(ConfigError, match="input_size"):
-        structure(mobilefacenet.Config, {"input_size": 224})
+        structure(mobilefacenet.Config, {"input_size": 160})
     with pytest.raises(ConfigError, match="embedding_size"):
         structure(ir_18.Config, {"embedding_size": 0})
     with pytest.raises(ConfigError, match="dropout"):

@@ -96,6 +96,7 @@ def test_export_has_a_dynamic_batch_and_matches_torch(exported):
 
     model, report = exported
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 3)
+    assert 0.05 < report.max_abs_output <= 1.0 and report.relative_diff <= 1e-3  # entries of unit rows
     graph = onnx.load(str(report.path)).graph
     dim0 = graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value  # symbolic batch axis
@@ -111,9 +112,13 @@ def test_export_has_a_dynamic_batch_and_matches_torch(exported):
 def test_parity_failure_is_an_error(tmp_path, monkeypatch):
     from tface.backbones import onnx_export
 
-    monkeypatch.setattr(onnx_export, "check_parity", lambda *a, **k: 0.5)
-    with pytest.raises(onnx_export.ExportError, match=r"differs from PyTorch by 0.5 \(tolerance 0.0001\)"):
+    monkeypatch.setattr(onnx_export, "check_parity", lambda *a, **k: (0.5, 10.0))
+    with pytest.raises(onnx_export.ExportError, match=r"differs from PyTorch by 0.5 \(tolerance 0.0001;"):
         onnx_export.export_onnx(mobilefacenet(), tmp_path / "x.onnx")
+    # tiny outputs: an absolute difference under the tolerance still fails when it is large relative to them
+    monkeypatch.setattr(onnx_export, "check_parity", lambda *a, **k: (5e-6, 1e-5))
+    with pytest.raises(onnx_export.ExportError, match=r"outputs up to 1e-05, relative tolerance 0.001"):
+        onnx_export.export_onnx(mobilefacenet(), tmp_path / "y.onnx")
 
 
 def test_export_command_with_a_checkpoint(tmp_path):

@@ -111,7 +111,8 @@ def onnx_cmd(backbone: str, checkpoint: Path | None, out: Path, options: tuple[s
     click.echo(f"wrote {report.path} (opset {report.opset}, {report.exporter} exporter, input [batch, 3, "
                f"{input_size}, {input_size}]{', L2-normalised output' if normalize else ''})")
     click.echo(f"  ONNX Runtime vs PyTorch, batches {list(report.batch_sizes)}: max abs diff "
-               f"{report.max_abs_diff:.3g} (tolerance {tolerance:g})")
+               f"{report.max_abs_diff:.3g} (tolerance {tolerance:g}), outputs up to {report.max_abs_output:.3g}, "
+               f"relative {report.relative_diff or 0:.3g}")
 
 
 @hookimpl

@@ -12,7 +12,15 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["GDC", "ConvBlock", "LinearBlock", "SEModule", "check_choice", "initialize_weights"]
+__all__ = [
+    "GDC",
+    "ConvBlock",
+    "LinearBlock",
+    "SEModule",
+    "check_choice",
+    "check_head_options",
+    "initialize_weights",
+]
 
 
 def initialize_weights(modules: Iterable[nn.Module]) -> None:
@@ -35,6 +43,14 @@ def check_choice(name: str, value: int, choices: tuple[int, ...]) -> None:
     if value not in choices:
         allowed = ", ".join(str(c) for c in choices)
         raise ValueError(f"{name}={value!r} is not supported (choose from: {allowed})")
+
+
+def check_head_options(embedding_size: int, dropout: float) -> None:
+    """Raise ValueError naming the option when the embedding size or the GDC dropout is out of range."""
+    if embedding_size <= 0:
+        raise ValueError(f"embedding_size={embedding_size!r} must be positive")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
 
 
 class LinearBlock(nn.Module):
@@ -81,18 +97,21 @@ class SEModule(nn.Module):
 
 
 class GDC(nn.Module):
-    """Global depthwise conv output block: 7×7 depthwise LinearBlock → Linear (no bias) → BN1d (no affine).
+    """Global depthwise conv output block: S×S depthwise LinearBlock → Linear (no bias) → BN1d (no affine).
 
     The depthwise conv learns a spatial weighting instead of plain average pooling (MobileFaceNet paper);
-    the final non-affine BN is what TFace exports as the embedding.
+    the final non-affine BN is what TFace exports as the embedding. ``spatial`` is the side of the final
+    feature map (7 at 112×112 input, 14 at 224×224). ``dropout`` (an addition to TFace) acts on the
+    pooled vector before the Linear; it owns no state, so the key set is the same for every value.
     """
 
-    def __init__(self, embedding_size: int, channels: int = 512, spatial: int = 7) -> None:
+    def __init__(self, embedding_size: int, channels: int = 512, spatial: int = 7, dropout: float = 0.0) -> None:
         super().__init__()
         self.conv_6_dw = LinearBlock(channels, channels, kernel=spatial, groups=channels)
         self.conv_6_flatten = nn.Flatten()
+        self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(channels, embedding_size, bias=False)
         self.bn = nn.BatchNorm1d(embedding_size, affine=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.linear(self.conv_6_flatten(self.conv_6_dw(x))))
+        return self.bn(self.linear(self.dropout(self.conv_6_flatten(self.conv_6_dw(x)))))

@@ -1,6 +1,8 @@
 """MobileFaceNet (Chen et al. 2018) laid out exactly as TFace v0.1.0, so its checkpoints load strictly.
 
 About 1.2 M parameters at 512-d: the cheap backbone for quick experiments and mobile deployment.
+Beyond TFace: 224×224 input (the GDC kernel follows the 14×14 final map) and an optional dropout before
+the GDC Linear; neither changes the key set, so TFace checkpoints still load strictly at 112.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ import attrs
 import torch
 from torch import nn
 
-from tface.backbones.common import GDC, ConvBlock, LinearBlock, check_choice, initialize_weights
+from tface.backbones.common import GDC, ConvBlock, LinearBlock, check_choice, check_head_options, initialize_weights
 from tface.core.config import uses
 
 __all__ = ["MobileFaceNet", "MobileFaceNetConfig", "mobilefacenet"]
 
-INPUT_SIZES: tuple[int, ...] = (112,)
+INPUT_SIZES: tuple[int, ...] = (112, 224)
 
 
 class DepthWise(nn.Module):
@@ -49,12 +51,12 @@ class Residual(nn.Module):
 
 
 class MobileFaceNet(nn.Module):
-    """``[N,3,112,112]`` in [-1, 1] → ``[N,E]`` embedding (not L2-normalised)."""
+    """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
 
-    def __init__(self, embedding_size: int = 512) -> None:
+    def __init__(self, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> None:
         super().__init__()
         self.embedding_size = embedding_size
-        self.input_size = 112
+        self.input_size = input_size
         self.conv1 = ConvBlock(3, 64, kernel=3, stride=2, padding=1)
         self.conv2_dw = ConvBlock(64, 64, kernel=3, stride=1, padding=1, groups=64)
         self.conv_23 = DepthWise(64, 64, groups=128)
@@ -64,7 +66,8 @@ class MobileFaceNet(nn.Module):
         self.conv_45 = DepthWise(128, 128, groups=512)
         self.conv_5 = Residual(128, num_blocks=2, groups=256)
         self.conv_6_sep = ConvBlock(128, 512, kernel=1)
-        self.output_layer = GDC(embedding_size)
+        # Four stride-2 stages: the final map is input_size / 16 on a side (7 at 112, 14 at 224).
+        self.output_layer = GDC(embedding_size, spatial=input_size // 16, dropout=dropout)
         initialize_weights(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,15 +84,16 @@ class MobileFaceNetConfig:
 
     embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
     input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
+    dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
 
 
 @uses(MobileFaceNetConfig)
-def mobilefacenet(embedding_size: int = 512, input_size: int = 112) -> nn.Module:
-    """Build TFace's MobileFaceNet with a configurable embedding size.
+def mobilefacenet(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+    """Build TFace's MobileFaceNet with a configurable embedding size, input size and GDC dropout.
 
-    Only 112×112 input exists: the GDC's 7×7 depthwise kernel assumes a 7×7 final map.
+    At 224 the GDC depthwise kernel is 14×14 (TFace has 112 only, whose 7×7 kernel matches its final map),
+    so the count grows by 512·(14² − 7²) = 75,264. ``dropout`` defaults to TFace's (none).
     """
     check_choice("input_size", input_size, INPUT_SIZES)
-    if embedding_size <= 0:
-        raise ValueError(f"embedding_size={embedding_size!r} must be positive")
-    return MobileFaceNet(embedding_size)
+    check_head_options(embedding_size, dropout)
+    return MobileFaceNet(embedding_size, input_size, dropout)
