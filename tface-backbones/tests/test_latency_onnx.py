@@ -69,7 +69,11 @@ def test_latency_command_writes_json(tmp_path):
 
 # --- ONNX ---------------------------------------------------------------------------------------------------
 
-ort = pytest.importorskip("onnxruntime")  # installed by `nox -s tests` (the tface-backbones[onnx] extra)
+@pytest.fixture
+def ort():
+    """ONNX Runtime; `nox -s tests` installs it (the tface-backbones[onnx] extra), so CI runs these tests."""
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
 
 
 def trained_like(model: nn.Module) -> nn.Module:
@@ -84,6 +88,7 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
     from tface.backbones.onnx_export import export_onnx
 
     model = trained_like(mobilefacenet(embedding_size=128))
@@ -91,7 +96,7 @@ def exported(tmp_path_factory):
     return model, export_onnx(model, path, normalize=True)
 
 
-def test_export_has_a_dynamic_batch_and_matches_torch(exported):
+def test_export_has_a_dynamic_batch_and_matches_torch(exported, ort):
     import onnx
 
     model, report = exported
@@ -109,7 +114,7 @@ def test_export_has_a_dynamic_batch_and_matches_torch(exported):
     assert abs((got**2).sum(1) - 1).max() < 1e-5  # --normalize baked in
 
 
-def test_parity_failure_is_an_error(tmp_path, monkeypatch):
+def test_parity_failure_is_an_error(tmp_path, monkeypatch, ort):
     from tface.backbones import onnx_export
 
     monkeypatch.setattr(onnx_export, "check_parity", lambda *a, **k: (0.5, 10.0))
@@ -121,7 +126,7 @@ def test_parity_failure_is_an_error(tmp_path, monkeypatch):
         onnx_export.export_onnx(mobilefacenet(), tmp_path / "y.onnx")
 
 
-def test_export_command_with_a_checkpoint(tmp_path):
+def test_export_command_with_a_checkpoint(tmp_path, ort):
     model = trained_like(mobilefacenet(embedding_size=64))
     ckpt = tmp_path / "backbone.pt"
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ckpt)  # DDP-style prefix
@@ -137,3 +142,17 @@ def test_export_command_with_a_checkpoint(tmp_path):
     assert abs(session.run(None, {"input": x.numpy()})[0] - want).max() <= 1e-4
     bad = CliRunner().invoke(cli, ["export", "onnx", "-b", "mobilefacenet", "-c", str(ckpt), "-o", str(out)])
     assert bad.exit_code != 0 and "output_layer.linear.weight" in bad.output  # 64-d checkpoint, 512-d model
+
+
+def test_without_the_onnx_extra_the_error_says_how_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from tface.backbones import onnx_export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    with pytest.raises(onnx_export.ExportError, match=r'pip install "tface-backbones\[onnx\]"'):
+        onnx_export.export_onnx(mobilefacenet(), tmp_path / "x.onnx")
+    res = CliRunner().invoke(cli, ["bench", "latency", "-b", "mobilefacenet", "--onnx"])
+    assert res.exit_code != 0 and "--onnx needs onnx, onnxruntime" in res.output
