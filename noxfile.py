@@ -17,8 +17,9 @@ nox.options.reuse_existing_virtualenvs = True
 CORE = "tface-core"
 PLUGINS = ["tface-backbones", "tface-heads", "tface-augment", "tface-eval"]
 # hatchling and setuptools: tests build small plugin packages with --no-build-isolation;
-# scipy: an independent reference for the VAL@FAR interpolation test.
-TEST_DEPS = ["pytest>=7.4", "hatchling>=1.18", "setuptools>=68", "scipy>=1.10"]
+# scipy and scikit-learn: independent references (VAL@FAR interpolation, KFold, roc_curve) in tests only;
+# matplotlib: the optional plots of evaluation reports.
+TEST_DEPS = ["pytest>=7.4", "hatchling>=1.18", "setuptools>=68", "scipy>=1.10", "scikit-learn>=1.3", "matplotlib>=3.7"]
 
 
 def _editable(*dists: str) -> list[str]:
