@@ -47,6 +47,14 @@ def test_short_quickstart_run(tmp_path):
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert (out / "checkpoints" / "last.pt").exists() and (out / "report.md").exists()
     assert "| trained | verification | synthface-val | 12 |" in res.output
+    try:  # nox installs matplotlib (the `plots` extra): then the run folder has ROC and DET curves
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib" in res.output
+    else:
+        for kind in ("roc", "det"):
+            png = out / f"{kind}-verification-synthface-val.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the cache is reused: a second run generates nothing new
     cache = tmp_path / "cache"
     (folder,) = list(cache.iterdir())

@@ -15,8 +15,15 @@ from torch import nn
 from tface.core.config import ConfigError, structure, validate_options
 from tface.core.data.binfile import BinFormatError, write_bin
 from tface.core.protocol import EvalContext, EvalProtocol
-from tface.eval.metrics import fold_bounds, slinear_interp, verification_metrics
-from tface.eval.verification import Verification, embed_pairs
+from tface.eval.metrics import (
+    ACC_THRESHOLDS,
+    exact_accuracy,
+    fold_bounds,
+    slinear_interp,
+    split_thresholds,
+    verification_metrics,
+)
+from tface.eval.verification import Verification, embed_pairs, roc_curve_points
 
 # --------------------------------------------------------------------------------------------------
 # Reference: insightface's calculate_roc / calculate_val written out with plain loops.
@@ -193,6 +200,7 @@ def test_hand_computed_separable():
     assert m["accuracy"] == 1.0 and m["accuracy_std"] == 0.0
     # 0.50 < 0.50 is false, so the first perfect threshold is the next grid value.
     np.testing.assert_array_equal(m["best_thresholds"], np.full(10, np.arange(0, 4, 0.01)[51]))
+    assert m["best_threshold"] == np.arange(0, 4, 0.01)[51]  # TFace's reported threshold: the fold mean
     # FAR on the train folds jumps 0 → 1 between thresholds 1.500 and 1.501; interpolating FAR = 1e-3
     # along that jump gives 1.500001, which accepts the d=1.5 impostors too (insightface's behaviour).
     np.testing.assert_allclose(m["val_thresholds"], 1.500001, rtol=0, atol=1e-12)
@@ -216,6 +224,146 @@ def test_metrics_validates_input():
         verification_metrics(np.zeros(20), np.zeros(20, int))
     with pytest.raises(ValueError, match="folds"):
         verification_metrics(np.zeros(5), np.zeros(5, bool))
+
+
+# --------------------------------------------------------------------------------------------------
+# An independent reference on a few hundred pairs: scikit-learn's KFold and plain Python loops
+
+
+def sklearn_reference(dist, same):
+    """insightface's accuracy written out again: KFold(10) folds, every threshold and pair in a Python loop."""
+    kfold = pytest.importorskip("sklearn.model_selection").KFold
+    d = [float(x) for x in dist]  # float32 → float64 is exact, so the comparisons are numpy's
+    s = [bool(x) for x in same]
+    thresholds = [float(t) for t in np.arange(0, 4, 0.01)]
+    fold_acc, best = [], []
+    for train, test in kfold(n_splits=10, shuffle=False).split(d):
+        best_t, best_acc = None, -1.0
+        for t in thresholds:
+            acc = sum(1 for i in train if (d[i] < t) == s[i]) / len(train)
+            if acc > best_acc:  # strictly greater: the first maximum wins
+                best_t, best_acc = t, acc
+        fold_acc.append(sum(1 for i in test if (d[i] < best_t) == s[i]) / len(test))
+        best.append(best_t)
+    return np.array(fold_acc), np.array(best)
+
+
+def overlapping_pairs(n, seed):
+    rng = np.random.default_rng(seed)
+    same = rng.random(n) < 0.5
+    dist = np.where(same, rng.normal(1.0, 0.35, n), rng.normal(1.6, 0.35, n)).clip(0, 4).astype(np.float32)
+    return dist, same
+
+
+def test_accuracy_equals_sklearn_kfold_reference():
+    dist, same = overlapping_pairs(300, 2024)
+    fold_acc, best = sklearn_reference(dist, same)
+    m = verification_metrics(dist, same)
+    assert 0.6 < m["accuracy"] < 0.95  # overlapping classes: the threshold choice matters
+    assert m["accuracy"] == np.mean(fold_acc)  # to the last digit
+    assert m["accuracy_std"] == np.std(fold_acc)
+    assert m["best_threshold"] == np.mean(best)
+    np.testing.assert_array_equal(m["fold_accuracies"], fold_acc)
+
+
+# --------------------------------------------------------------------------------------------------
+# The exact (sorted-split) variant against a brute force over every split
+
+
+def ref_exact(dist, same, nfolds=10):
+    """Try every split of the sorted training distances one by one; first best split wins."""
+    fold_acc, best = [], []
+    for train, test in ref_folds(len(dist), nfolds):
+        values = sorted({float(x) for x in dist[train] if not np.isnan(x)})
+        candidates = [values[0]] + [(a + b) / 2 for a, b in zip(values, values[1:])]
+        candidates.append(float(np.nextafter(values[-1], np.inf)))
+        best_t, best_correct = None, -1
+        for t in candidates:
+            correct = int(np.count_nonzero(np.less(dist[train], t) == same[train]))
+            if correct > best_correct:
+                best_t, best_correct = t, correct
+        fold_acc.append(np.count_nonzero(np.less(dist[test], best_t) == same[test]) / len(test))
+        best.append(best_t)
+    return np.array(fold_acc), np.array(best)
+
+
+def _exact_cases():
+    rng = np.random.default_rng(99)
+    n = 300
+    same = rng.random(n) < 0.5
+    cases = {
+        "overlapping-300": overlapping_pairs(300, 7),
+        "random-301": (rng.uniform(0, 4, 301).astype(np.float32), rng.random(301) < 0.5),
+        "on-grid": (np.arange(0, 4, 0.01)[rng.integers(0, 400, n)], same),  # many ties
+        "few-values": (rng.choice([0.5, 1.0, 1.0, 1.5], n), same),
+        "all-same": (rng.uniform(0, 2, 37), np.ones(37, bool)),
+        "all-different": (rng.uniform(0, 2, 37), np.zeros(37, bool)),
+        "constant": (np.full(101, 1.23), rng.random(101) < 0.3),
+    }
+    with_nan = rng.uniform(0, 4, 40)
+    with_nan[[3, 17]] = np.nan
+    cases["nan"] = (with_nan, rng.random(40) < 0.5)
+    return cases
+
+
+EXACT_CASES = _exact_cases()
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_CASES))
+def test_exact_accuracy_matches_bruteforce(name):
+    dist, same = EXACT_CASES[name]
+    fold_acc, best = ref_exact(dist, same)
+    e = exact_accuracy(dist, same)
+    np.testing.assert_array_equal(e["fold_accuracies"], fold_acc)
+    assert e["accuracy"] == np.mean(fold_acc) and e["accuracy_std"] == np.std(fold_acc)
+    np.testing.assert_allclose(e["best_thresholds"], best, rtol=1e-15, atol=0)
+    assert e["best_threshold"] == pytest.approx(np.mean(best), rel=1e-15)
+
+
+def test_exact_accuracy_is_at_least_the_grid_on_training_folds():
+    """Every grid threshold is one of the splits, so the exact choice is never worse on the training folds."""
+    dist, same = overlapping_pairs(300, 11)
+    grid = verification_metrics(dist, same)
+    exact = exact_accuracy(dist, same)
+    for f, (start, stop) in enumerate(fold_bounds(300, 10)):
+        train = np.r_[0:start, stop:300]
+
+        def train_correct(t, train=train):
+            return np.count_nonzero(np.less(dist[train], t) == same[train])
+
+        assert train_correct(exact["best_thresholds"][f]) >= train_correct(grid["best_thresholds"][f])
+
+
+def test_split_thresholds_reach_every_split_once():
+    a = 1.0
+    b = float(np.nextafter(a, 2.0))  # neighbours one ulp apart: the midpoint rounds onto one of them
+    d = np.array([0.5, a, b, b, 3.0])
+    t = split_thresholds(d)
+    assert [int(np.count_nonzero(d < x)) for x in t] == [0, 1, 2, 4, 5]
+    assert np.all(np.diff(t) > 0)
+    assert split_thresholds(np.array([np.nan])).shape == (1,)
+
+
+def test_exact_accuracy_on_a_hand_example():
+    # Same pairs at 0.305, different pairs at 0.3051: no grid threshold (0.30, 0.31) falls between them, so
+    # the grid accepts all or none (50 %); the exact split is their midpoint and separates them (100 %).
+    same = np.array([True, False] * 10)
+    dist = np.where(same, 0.305, 0.3051)
+    grid = verification_metrics(dist, same)
+    exact = exact_accuracy(dist, same)
+    assert grid["accuracy"] == 0.5 and exact["accuracy"] == 1.0
+    np.testing.assert_allclose(exact["best_thresholds"], 0.30505, rtol=1e-12)
+
+
+def test_roc_curve_points():
+    fpr = np.r_[np.zeros(100), np.linspace(0, 1, 250), np.ones(50)]
+    tpr = np.r_[np.zeros(100), np.sqrt(np.linspace(0, 1, 250)), np.ones(50)]
+    c = roc_curve_points(fpr, tpr, max_points=40)
+    assert len(c["fpr"]) == len(c["tpr"]) == 40
+    assert (c["fpr"][0], c["tpr"][0], c["fpr"][-1], c["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert c["fpr"] == sorted(c["fpr"]) and all(isinstance(v, float) for v in c["fpr"] + c["tpr"])
+    short = roc_curve_points(np.array([0.0, 0.0, 0.5, 1.0]), np.array([0.0, 0.0, 1.0, 1.0]))
+    assert short == {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 1.0, 1.0]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,6 +468,7 @@ def test_evaluate_identity_model_is_perfect(tmp_path):
     (r,) = proto.evaluate(Pooled(), EvalContext(step=42))
     assert r["protocol"] == "verification" and r["dataset"] == "toy" and r["step"] == 42
     assert r["accuracy"] == 100.0 and r["accuracy_std"] == 0.0
+    assert r["accuracy_noflip"] == 100.0 and r["accuracy_exact"] == 100.0
     assert r["pairs"] == 20
     assert set(r) == {
         "protocol",
@@ -327,10 +476,17 @@ def test_evaluate_identity_model_is_perfect(tmp_path):
         "step",
         "accuracy",
         "accuracy_std",
-        "val@far=1e-3",
+        "accuracy_noflip",
+        "accuracy_exact",
+        "best_threshold",
+        "tar@far=1e-3",
         "xnorm",
         "pairs",
+        "curves",
     }
+    roc = r["curves"]["roc"]
+    assert set(roc) == {"fpr", "tpr"} and len(roc["fpr"]) == len(roc["tpr"]) <= 100
+    assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0 and roc["fpr"][-1] == 1.0
 
 
 def test_evaluate_result_units_and_mode(tmp_path):
@@ -352,7 +508,17 @@ def test_evaluate_result_units_and_mode(tmp_path):
     m = verification_metrics(dist, np.array(same))
     assert r["accuracy"] == pytest.approx(100 * m["accuracy"], abs=1e-9)
     assert r["accuracy_std"] == pytest.approx(100 * m["accuracy_std"], abs=1e-9)
-    assert r["val@far=1e-3"] == pytest.approx(100 * m["val"], abs=1e-9)
+    assert r["tar@far=1e-3"] == pytest.approx(100 * m["val"], abs=1e-9)
+    assert r["best_threshold"] == pytest.approx(m["best_threshold"], abs=1e-12)
+    assert r["accuracy_exact"] == pytest.approx(100 * exact_accuracy(dist, np.array(same))["accuracy"], abs=1e-9)
+    with torch.no_grad():  # no-flip: raw(image) only, from the same run
+        x = torch.from_numpy(
+            np.stack([((a.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1) for a in arrays])
+        )
+        e = model(x)
+    e = (e / e.norm(dim=1, keepdim=True)).numpy()
+    m1 = verification_metrics(np.sum(np.square(e[0::2] - e[1::2]), 1), np.array(same))
+    assert r["accuracy_noflip"] == pytest.approx(100 * m1["accuracy"], abs=1e-9)
     _, xnorm = embed_pairs(model, [encode(a, "PNG") for a in arrays], "cpu")
     assert r["xnorm"] == pytest.approx(xnorm, rel=1e-6)
     assert 0 <= r["accuracy"] <= 100 and r["pairs"] == 20
@@ -416,3 +582,49 @@ def test_config():
         structure(Verification.Config, {"bins": [3]}, "eval")
     with pytest.raises(ConfigError, match="batch_size"):
         structure(Verification.Config, {"batch_size": 0}, "eval")
+
+
+def test_protocol_accuracy_equals_an_independent_reference(tmp_path):
+    """A few hundred pairs through the whole pipeline; embeddings and 10-fold accuracy recomputed here."""
+    rng = np.random.default_rng(5)
+    n_pairs, size = 240, 8
+    same = rng.random(n_pairs) < 0.5
+    arrays = []
+    for k in range(n_pairs):
+        a = rng.integers(0, 256, (size, size, 3)).astype(np.float64)
+        w = rng.uniform(0.2, 1.0) if same[k] else 1.0  # same pairs share part of the pattern
+        b = (1 - w) * a + w * rng.integers(0, 256, (size, size, 3))
+        arrays += [a.round().astype(np.uint8), b.round().clip(0, 255).astype(np.uint8)]
+    write_bin(tmp_path / "pairs.bin", [encode(x, "PNG") for x in arrays], same.tolist())
+
+    def reference_distances(flip):
+        emb = []
+        for data in (encode(x, "PNG") for x in arrays):
+            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64) / 127.5 - 1.0
+            e = img.reshape(4, 2, 4, 2, 3).mean(axis=(1, 3)).transpose(2, 0, 1).ravel()  # 4×4 average pool
+            if flip:
+                m = img[:, ::-1].reshape(4, 2, 4, 2, 3).mean(axis=(1, 3)).transpose(2, 0, 1).ravel()
+                e = e + m
+            emb.append(e / np.linalg.norm(e))
+        emb = np.array(emb)
+        return np.sum((emb[0::2] - emb[1::2]) ** 2, axis=1)
+
+    (r,) = Verification(bins=[tmp_path / "pairs.bin"], image_size=size, batch_size=50).evaluate(
+        Pooled(), EvalContext()
+    )
+    for key, flip in (("accuracy", True), ("accuracy_noflip", False)):
+        dist = reference_distances(flip)
+        # float32 in the pipeline vs float64 here: no distance may sit within rounding of a grid threshold
+        assert np.min(np.abs(dist[:, None] - ACC_THRESHOLDS[None, :])) > 2e-6
+        fold_acc, best = sklearn_reference(dist, same)
+        assert 60 < r[key] < 100
+        assert r[key] == 100.0 * np.mean(fold_acc)  # to the last digit
+        if flip:
+            assert r["accuracy_std"] == 100.0 * np.std(fold_acc)
+            assert r["best_threshold"] == np.mean(best)
+    assert r["accuracy"] != r["accuracy_noflip"]  # the flip test does change the embeddings here
+
+    (r0,) = Verification(bins=[tmp_path / "pairs.bin"], image_size=size, flip=False).evaluate(
+        Pooled(), EvalContext()
+    )
+    assert r0["accuracy"] == r0["accuracy_noflip"] == r["accuracy_noflip"]

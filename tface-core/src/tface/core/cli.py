@@ -131,6 +131,55 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
         raise click.ClickException(str(exc)) from exc
 
 
+@cli.command("eval")
+@click.argument("protocol", required=False)
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A run folder: its recipe.toml gives the backbone and the [[eval]] tables (PROTOCOL replaces "
+                   "them), its checkpoints/backbone.pt the weights.")
+@click.option("--backbone", help="Registered backbone name (without --run).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="Backbone weights (a state_dict, also wrapped or nested); default with --run: "
+                   "RUN_DIR/checkpoints/backbone.pt.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A protocol option as a TOML value (repeatable), e.g. --option 'bins=[\"lfw.bin\"]'")
+@click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
+              help="A backbone option as a TOML value (repeatable), e.g. --backbone-option embedding_size=512")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder (default: RUN_DIR/eval with --run, else ./eval-<protocol>-<time>).")
+@click.option("--label", help="Row name in the benchmark table (default: the run folder or backbone name).")
+def eval_cmd(protocol: str | None, run_dir: Path | None, backbone: str | None, checkpoint: Path | None,
+             options: tuple[str, ...], backbone_options: tuple[str, ...], device: str, output_dir: Path | None,
+             label: str | None) -> None:
+    """Evaluate a saved backbone: `tface eval PROTOCOL --backbone NAME --checkpoint FILE` or
+    `tface eval --run RUN_DIR`. Prints the results table; writes eval-report.json, eval-report.md and plots."""
+    from tface.core import evaluate as ev
+    from tface.core.report import markdown_table
+
+    if run_dir is not None:
+        if backbone or backbone_options:
+            raise click.UsageError("--run takes the backbone from RUN_DIR/recipe.toml; drop --backbone and "
+                                   "--backbone-option (or drop --run)")
+        if options and protocol is None:
+            raise click.UsageError("--option needs a PROTOCOL; with --run alone the recipe's [[eval]] tables are used")
+    else:
+        if protocol is None:
+            raise click.UsageError("name a PROTOCOL (with --backbone and --checkpoint) or give --run RUN_DIR")
+        lacking = [flag for flag, value in (("--backbone", backbone), ("--checkpoint", checkpoint)) if not value]
+        if lacking:
+            raise click.UsageError(f"PROTOCOL needs {' and '.join(lacking)} (or --run RUN_DIR)")
+    try:
+        if run_dir is not None:
+            plan = ev.plan_run(run_dir, checkpoint, protocol, options, output_dir, label)
+        else:
+            assert protocol is not None and backbone is not None and checkpoint is not None
+            plan = ev.plan_adhoc(protocol, backbone, checkpoint, options, backbone_options, output_dir, label)
+        outcome = ev.evaluate(plan, device=device, echo=lambda msg: click.echo(msg, err=True))
+    except ev.EvalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(markdown_table(outcome.results).rstrip())
+
+
 #: ``tface data`` sub-commands: name -> "module:click command", imported only when that command runs.
 DATA_COMMANDS = {
     "pack": "tface.core.tools.pack:pack_cmd",

@@ -4,6 +4,10 @@ Follows insightface's ``verification.py`` (see ``metrics``): RGB decode, resize 
 not ``image_size`` square, flip test (embedding = raw(image) + raw(mirror), then L2-normalised), squared
 euclidean pair distances and the 10-fold threshold protocol. XNorm is the mean L2 norm of all raw
 embeddings. Embeddings and distances are float32, normalised like ``sklearn.preprocessing.normalize``.
+
+Each set is embedded once; the flip-test and no-flip accuracies (insightface prints the latter as 0), the
+exact sorted-split accuracy, the mean best threshold (TFace's second number), TAR@FAR=1e-3 and a small ROC
+curve for plots are all derived from the same raw embeddings.
 """
 
 from __future__ import annotations
@@ -22,9 +26,18 @@ from torch import nn
 from tface.core.data.binfile import BinFormatError, read_bin
 from tface.core.data.image import decode_rgb, normalize
 from tface.core.protocol import EvalContext, Result
-from tface.eval.metrics import pair_distances, verification_metrics
+from tface.eval.metrics import exact_accuracy, pair_distances, verification_metrics
 
-__all__ = ["Verification", "embed_pairs", "l2_normalize", "load_crops"]
+__all__ = [
+    "Verification",
+    "embed_pairs",
+    "embed_raw",
+    "l2_normalize",
+    "load_crops",
+    "pair_set_metrics",
+    "roc_curve_points",
+    "xnorm_of",
+]
 
 NFOLDS = 10
 
@@ -89,7 +102,7 @@ class _EvalMode:
             m.training = mode
 
 
-def embed_pairs(
+def embed_raw(
     model: nn.Module,
     images: Sequence[bytes],
     device: torch.device | str = "cpu",
@@ -97,13 +110,12 @@ def embed_pairs(
     flip: bool = True,
     image_size: int = 112,
     source: Any = None,
-) -> tuple[np.ndarray, float]:
-    """L2-normalised float32 embeddings of ``images`` (one row per image) and their XNorm.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw (un-normalised) float32 embeddings of ``images`` and, with ``flip``, of their mirrors.
 
-    With ``flip`` the embedding is raw(image) + raw(horizontal mirror) before normalisation and XNorm
-    averages the norms of both raw sets (insightface's order: all originals, then all mirrors); without
-    it, raw(image) and the originals' norms. Runs ``model`` in eval mode under ``torch.no_grad()`` and
-    restores every submodule's mode. ``source`` (e.g. the file) is named in decode errors.
+    Both flip-test and no-flip numbers derive from these two arrays, so a set is embedded once however
+    many variants are reported. Runs ``model`` in eval mode under ``torch.no_grad()`` and restores every
+    submodule's mode. ``source`` (e.g. the file) is named in decode errors.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -123,12 +135,103 @@ def embed_pairs(
                 if raw[k] is None:
                     raw[k] = np.empty((len(images), emb.shape[1]), dtype=np.float32)
                 raw[k][start:stop] = emb
-    used = [r for r in raw if r is not None]
-    # insightface: per-row np.linalg.norm (float32), summed one by one into a Python (float64) total.
-    norms = np.array([np.linalg.norm(row) for r in used for row in r], dtype=np.float64)
-    xnorm = float(np.cumsum(norms)[-1] / norms.size)
-    summed = used[0] + used[1] if flip else used[0]
-    return l2_normalize(summed), xnorm
+    assert raw[0] is not None
+    return raw[0], raw[1]
+
+
+def xnorm_of(*raw: np.ndarray | None) -> float:
+    """Mean L2 norm of all rows of the given raw embedding sets (insightface's XNorm).
+
+    insightface takes per-row ``np.linalg.norm`` (float32) and sums them one by one into a Python float
+    (float64), all originals first, then all mirrors; the cumulative sum repeats that order exactly.
+    """
+    norms = np.array([np.linalg.norm(row) for r in raw if r is not None for row in r], dtype=np.float64)
+    return float(np.cumsum(norms)[-1] / norms.size)
+
+
+def embed_pairs(
+    model: nn.Module,
+    images: Sequence[bytes],
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    flip: bool = True,
+    image_size: int = 112,
+    source: Any = None,
+) -> tuple[np.ndarray, float]:
+    """L2-normalised float32 embeddings of ``images`` (one row per image) and their XNorm.
+
+    With ``flip`` the embedding is raw(image) + raw(horizontal mirror) before normalisation and XNorm
+    averages the norms of both raw sets (insightface's order: all originals, then all mirrors); without
+    it, raw(image) and the originals' norms. Runs ``model`` in eval mode under ``torch.no_grad()`` and
+    restores every submodule's mode. ``source`` (e.g. the file) is named in decode errors.
+    """
+    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source)
+    summed = orig + mirror if mirror is not None else orig
+    return l2_normalize(summed), xnorm_of(orig, mirror)
+
+
+#: Points kept of a fold-averaged ROC curve in a result (enough for a smooth plot, small in report.json).
+CURVE_POINTS = 100
+
+
+def roc_curve_points(fpr: np.ndarray, tpr: np.ndarray, max_points: int = CURVE_POINTS) -> dict[str, list[float]]:
+    """A downsampled ``{"fpr": [...], "tpr": [...]}`` of a threshold-ordered curve, for reports and plots.
+
+    Repeated points (the flat ends of the 400-threshold grid) are dropped first; if more than
+    ``max_points`` remain, evenly spaced ones are kept, always including the first and the last.
+    Values are rounded to 6 significant digits, which no plot can tell apart.
+    """
+    pts = np.stack([np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)], axis=1)
+    keep = np.ones(len(pts), dtype=bool)
+    keep[1:] = np.any(pts[1:] != pts[:-1], axis=1)
+    pts = pts[keep]
+    if len(pts) > max_points:
+        pts = pts[np.unique(np.linspace(0, len(pts) - 1, max_points).round().astype(np.int64))]
+    return {
+        "fpr": [float(f"{v:.6g}") for v in pts[:, 0]],
+        "tpr": [float(f"{v:.6g}") for v in pts[:, 1]],
+    }
+
+
+def pair_set_metrics(
+    model: nn.Module,
+    images: Sequence[bytes],
+    issame: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    flip: bool = True,
+    image_size: int = 112,
+    source: Any = None,
+) -> dict[str, Any]:
+    """Every verification number of one pair set from a single embedding pass (percent where a rate).
+
+    Keys: ``accuracy``/``accuracy_std`` (flip test, or no-flip when ``flip`` is false), ``accuracy_noflip``
+    (raw(image) only), ``accuracy_exact`` (the sorted-split variant of ``accuracy``), ``best_threshold``
+    (mean of the per-fold grid thresholds, squared distance), ``tar@far=1e-3``, ``xnorm``, ``pairs`` and
+    ``curves`` (the downsampled fold-averaged ROC of ``accuracy``'s embeddings). ``metrics`` holds the
+    full :func:`verification_metrics` dict (fractions) for callers that need more.
+    """
+    if issame.size < NFOLDS:
+        raise BinFormatError(f"{source}: {issame.size} pairs; {NFOLDS}-fold verification needs ≥ {NFOLDS}")
+    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source)
+    xnorm = xnorm_of(orig, mirror)
+    dist_noflip = pair_distances(l2_normalize(orig))
+    dist = pair_distances(l2_normalize(orig + mirror)) if mirror is not None else dist_noflip
+    m = verification_metrics(dist, issame, nfolds=NFOLDS)
+    noflip = verification_metrics(dist_noflip, issame, nfolds=NFOLDS) if mirror is not None else m
+    exact = exact_accuracy(dist, issame, nfolds=NFOLDS)
+    return {
+        "accuracy": 100.0 * m["accuracy"],
+        "accuracy_std": 100.0 * m["accuracy_std"],
+        "accuracy_noflip": 100.0 * noflip["accuracy"],
+        "accuracy_exact": 100.0 * exact["accuracy"],
+        "best_threshold": m["best_threshold"],
+        "tar@far=1e-3": 100.0 * m["val"],
+        "xnorm": xnorm,
+        "pairs": int(issame.size),
+        "curves": {"roc": roc_curve_points(m["fpr"], m["tpr"])},
+        "metrics": m,
+    }
 
 
 @attrs.define
@@ -148,7 +251,12 @@ class _VerificationConfig:
 
 
 class Verification:
-    """The ``verification`` protocol: insightface 10-fold accuracy on ``.bin`` pair files."""
+    """The ``verification`` protocol: insightface 10-fold accuracy on ``.bin`` pair files.
+
+    One result per set: ``accuracy`` ± ``accuracy_std`` (percent; flip test unless ``flip = false``),
+    ``accuracy_noflip``, ``accuracy_exact``, ``best_threshold``, ``tar@far=1e-3``, ``xnorm``, ``pairs`` and
+    ``curves.roc`` (see :func:`pair_set_metrics`).
+    """
 
     Config = _VerificationConfig
     name = "verification"
@@ -204,13 +312,10 @@ class Verification:
         results: list[Result] = []
         for name, path in sets:
             images, issame = read_bin(path)
-            if issame.size < NFOLDS:
-                raise BinFormatError(
-                    f"{path}: {issame.size} pairs; {NFOLDS}-fold verification needs ≥ {NFOLDS}"
-                )
-            emb, xnorm = embed_pairs(
+            numbers = pair_set_metrics(
                 model,
                 images,
+                issame,
                 device=ctx.device,
                 batch_size=self.config.batch_size,
                 flip=self.config.flip,
@@ -218,17 +323,6 @@ class Verification:
                 source=path,
             )
             del images
-            m = verification_metrics(pair_distances(emb), issame, nfolds=NFOLDS)
-            results.append(
-                {
-                    "protocol": self.name,
-                    "dataset": name,
-                    "step": ctx.step,
-                    "accuracy": 100.0 * m["accuracy"],
-                    "accuracy_std": 100.0 * m["accuracy_std"],
-                    "val@far=1e-3": 100.0 * m["val"],
-                    "xnorm": xnorm,
-                    "pairs": int(issame.size),
-                }
-            )
+            numbers.pop("metrics")
+            results.append({"protocol": self.name, "dataset": name, "step": ctx.step, **numbers})
         return results

@@ -21,7 +21,7 @@ from tface.core.data.errors import DataError
 from tface.core.data.image import normalize
 from tface.core.hooks import plugin_manager
 from tface.core.protocol import EvalContext
-from tface.core.report import markdown_table, write_reports
+from tface.core.report import markdown_table, write_plots, write_reports
 from tface.core.train import checkpoint
 from tface.core.train.optim import lr_factor, param_groups
 from tface.core.train.progress import Progress
@@ -352,6 +352,9 @@ class Trainer:
             self.echo("skipped bad samples: " + ", ".join(f"{n}: {k}" for n, k in skipped.items())
                       + " (the log lists each one)")
         write_reports(self.run_dir, self.results, summary)
+        _, note = write_plots(self.run_dir, self.results)  # ROC / DET PNGs when matplotlib is installed
+        if note:
+            self.echo(note)
         self.pm.hook.tface_run_end(run_dir=self.run_dir, step=step, results=self.results)
         self.echo(f"run folder: {self.run_dir} ({summary['total_seconds']:.0f}s)")
         return {"results": self.results, "summary": summary}

@@ -1,0 +1,160 @@
+"""RFW (Racial Faces in-the-Wild): verification accuracy per demographic group and its spread.
+
+RFW ships one insightface-format ``.bin`` per group (``African_test.bin``, ``Asian_test.bin``,
+``Caucasian_test.bin``, ``Indian_test.bin``, 6,000 pairs each in the usual release). Each group is scored
+with the ``verification`` machinery: flip test, squared distance of L2-normalised embeddings, insightface's
+10 contiguous folds and thresholds ``0.00 … 3.99``. The summary is what fairness papers tabulate (TFace's
+CIFP README): the mean of the group accuracies, their sample standard deviation (``ddof = 1``) and the
+skewed error ratio ``SER = max(error) / min(error)`` with ``error = 100 − accuracy``.
+
+TFace's ``test/verification_rfw.py`` is *not* followed where it is wrong:
+
+* its accuracy sweep uses thresholds ``−1 … 1`` against the squared distance (range ``0 … 4``), so only
+  pairs with cosine > 0.5 can ever be accepted and accuracies come out low; the ``0 … 4`` grid is used here;
+* its VAL@FAR routine predicts "same" for a *low* mean-centred cosine (inverted) — not reproduced; RFW
+  numbers here are accuracies only;
+* its ``acc1``/``std1`` are hard-coded to 0 and its device handling passes a list of GPU ids to ``.to()``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from torch import nn
+
+from tface.core.data.binfile import read_bin
+from tface.core.protocol import EvalContext, Result
+from tface.eval.verification import pair_set_metrics
+
+__all__ = ["GROUPS", "RFW", "rfw_summary", "skewed_error_ratio"]
+
+#: The four RFW test groups, in the order of the RFW paper and the CIFP tables.
+GROUPS: tuple[str, ...] = ("African", "Asian", "Caucasian", "Indian")
+
+
+def skewed_error_ratio(accuracies: Sequence[float]) -> float:
+    """``max(100 − acc) / min(100 − acc)`` over accuracies in percent.
+
+    1.0 when every group is error-free (no skew), ``inf`` when only some are.
+    """
+    errors = [100.0 - a for a in accuracies]
+    lo, hi = min(errors), max(errors)
+    if lo <= 0.0:
+        return 1.0 if hi <= 0.0 else math.inf
+    return hi / lo
+
+
+def rfw_summary(accuracies: Sequence[float]) -> dict[str, float]:
+    """``mean``, ``std`` (sample, ``ddof = 1``, as the CIFP tables) and ``ser`` of group accuracies (percent)."""
+    n = len(accuracies)
+    if n < 2:
+        raise ValueError(f"an RFW summary needs at least 2 groups, got {n}")
+    mean = math.fsum(accuracies) / n
+    var = math.fsum((a - mean) ** 2 for a in accuracies) / (n - 1)
+    return {"mean": mean, "std": math.sqrt(var), "ser": skewed_error_ratio(accuracies)}
+
+
+def _groups_valid(_inst: Any, _attr: Any, value: list[str]) -> None:
+    if not value:
+        raise ValueError("at least one group is needed")
+    if len(set(value)) != len(value):
+        raise ValueError(f"groups must be distinct, got {value}")
+    for g in value:
+        if not g or any(c in g for c in "/\\"):
+            raise ValueError(f"a group is a file-name prefix without slashes, got {g!r}")
+
+
+@attrs.define
+class _RFWConfig:
+    """Options of the ``rfw`` protocol."""
+
+    #: Folder holding ``<Group>_test.bin`` (or the lower-case ``<group>_test.bin``) for every group.
+    root: pathlib.Path
+    #: Images per forward pass.
+    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
+    #: Flip test: embed each image and its mirror and add the two embeddings.
+    flip: bool = True
+    #: Groups to evaluate; the summary (mean, std, SER) needs at least two.
+    groups: list[str] = attrs.field(factory=lambda: list(GROUPS), validator=_groups_valid)
+    #: Side of the square model input; other crops are resized (short side) and centre-cropped.
+    image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
+
+
+class RFW:
+    """The ``rfw`` protocol: one result per group (``accuracy``, ``accuracy_std``, ``xnorm``, ``pairs``)
+    and, with two or more groups, a summary result (``dataset = "RFW"``: ``mean``, ``std``, ``ser``)."""
+
+    Config = _RFWConfig
+    name = "rfw"
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        batch_size: int = 64,
+        flip: bool = True,
+        groups: Sequence[str] = GROUPS,
+        image_size: int = 112,
+    ):
+        self.config = self.Config(
+            root=pathlib.Path(root),
+            batch_size=batch_size,
+            flip=flip,
+            groups=list(groups),
+            image_size=image_size,
+        )
+
+    def files(self) -> list[tuple[str, pathlib.Path]]:
+        """``(group, file)`` for every group; raises naming every missing file at once."""
+        root = self.config.root
+        if not root.is_dir():
+            raise FileNotFoundError(f"rfw: root folder {root} does not exist")
+        found, missing = [], []
+        for group in self.config.groups:
+            for name in dict.fromkeys((f"{group}_test.bin", f"{group.lower()}_test.bin")):
+                if (root / name).is_file():
+                    found.append((group, root / name))
+                    break
+            else:
+                missing.append(f"{group}_test.bin")
+        if missing:
+            raise FileNotFoundError(
+                f"rfw: {root} lacks {', '.join(missing)} (the lower-case spelling is accepted too)"
+            )
+        return found
+
+    def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
+        files = self.files()  # fail before spending time on the first group
+        results: list[Result] = []
+        for group, path in files:
+            images, issame = read_bin(path)
+            numbers = pair_set_metrics(
+                model,
+                images,
+                issame,
+                device=ctx.device,
+                batch_size=self.config.batch_size,
+                flip=self.config.flip,
+                image_size=self.config.image_size,
+                source=path,
+            )
+            del images
+            results.append(
+                {
+                    "protocol": self.name,
+                    "dataset": group,
+                    "step": ctx.step,
+                    "accuracy": numbers["accuracy"],
+                    "accuracy_std": numbers["accuracy_std"],
+                    "xnorm": numbers["xnorm"],
+                    "pairs": numbers["pairs"],
+                }
+            )
+        if len(results) >= 2:
+            summary = rfw_summary([r["accuracy"] for r in results])
+            results.append({"protocol": self.name, "dataset": "RFW", "step": ctx.step, **summary})
+        return results

@@ -1,0 +1,145 @@
+"""RFW protocol: per-group accuracies and the mean / std / SER summary, checked against hand computation."""
+
+from __future__ import annotations
+
+import io
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from tface.core.config import ConfigError, structure
+from tface.core.data.binfile import write_bin
+from tface.core.protocol import EvalContext, EvalProtocol
+from tface.eval.rfw import GROUPS, RFW, rfw_summary, skewed_error_ratio
+
+SIZE = 8  # tiny crops; the protocol is told the model input is 8×8 too
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+class ColourMean(nn.Module):
+    """Embedding = mean colour in [0, 2]: red → (2, 0, 0), green → (0, 2, 0). Uniform images are flip-invariant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) + 1.0
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((SIZE, SIZE, 3), colour, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_group(path: pathlib.Path, error_folds: set[int], same_second: tuple[int, int, int] = RED) -> None:
+    """20 pairs, 2 per fold: pair 2k is "same" (red, ``same_second``), pair 2k+1 "different" (red, blue).
+
+    In each fold of ``error_folds`` the "same" pair is red/green instead: squared distance 2, like the
+    impostors, so it is rejected by any sensible threshold and costs that fold half its accuracy.
+    """
+    images, issame = [], []
+    for fold in range(10):
+        images += [png(RED), png(GREEN if fold in error_folds else same_second)]
+        images += [png(RED), png(BLUE)]
+        issame += [True, False]
+    write_bin(path, images, issame)
+
+
+@pytest.fixture
+def rfw_root(tmp_path: pathlib.Path) -> pathlib.Path:
+    root = tmp_path / "rfw"
+    root.mkdir()
+    write_group(root / "African_test.bin", {0, 5})  # 2 errors: 90 %
+    write_group(root / "Asian_test.bin", {3})  # 1 error: 95 %
+    write_group(root / "Caucasian_test.bin", {9})  # 1 error: 95 %
+    write_group(root / "indian_test.bin", {1, 4, 8})  # lower-case file name; 3 errors: 85 %
+    return root
+
+
+def fold_std(errors: int) -> float:
+    """Population std (percent) of ten fold accuracies of which ``errors`` are 50 % and the rest 100 %."""
+    values = [50.0] * errors + [100.0] * (10 - errors)
+    mean = sum(values) / 10
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / 10)
+
+
+def test_groups_and_summary_by_hand(rfw_root):
+    proto = RFW(root=rfw_root, batch_size=7, image_size=SIZE)
+    assert isinstance(proto, EvalProtocol)
+    results = proto.evaluate(ColourMean(), EvalContext(step=3))
+    assert [r["dataset"] for r in results] == ["African", "Asian", "Caucasian", "Indian", "RFW"]
+    assert all(r["protocol"] == "rfw" and r["step"] == 3 for r in results)
+    expected = {"African": 2, "Asian": 1, "Caucasian": 1, "Indian": 3}
+    for r in results[:4]:
+        e = expected[r["dataset"]]
+        assert r["accuracy"] == pytest.approx(100.0 - 5.0 * e, abs=1e-12)
+        assert r["accuracy_std"] == pytest.approx(fold_std(e), abs=1e-12)
+        assert r["pairs"] == 20
+        assert r["xnorm"] == pytest.approx(2.0, abs=1e-6)  # every raw embedding has norm 2
+    summary = results[4]
+    # accuracies 90, 95, 95, 85: mean 91.25; deviations −1.25, 3.75, 3.75, −6.25 → Σ² = 68.75, ddof 1 → /3
+    assert summary["mean"] == pytest.approx(91.25, abs=1e-12)
+    assert summary["std"] == pytest.approx(math.sqrt(68.75 / 3), abs=1e-12)
+    # errors 10, 5, 5, 15 → SER = 15 / 5
+    assert summary["ser"] == pytest.approx(3.0, abs=1e-12)
+    assert set(summary) == {"protocol", "dataset", "step", "mean", "std", "ser"}
+
+    no_flip = RFW(root=rfw_root, flip=False, image_size=SIZE).evaluate(ColourMean(), EvalContext(step=3))
+    assert [r["accuracy"] for r in no_flip[:4]] == [r["accuracy"] for r in results[:4]]
+
+
+def test_full_insightface_grid_not_tfaces_minus_one_to_one(tmp_path):
+    """Genuine pairs with cosine ≈ 0.24 (squared distance ≈ 1.5): TFace's −1…1 grid could never accept them."""
+    root = tmp_path / "rfw"
+    root.mkdir()
+    for g in GROUPS:
+        write_group(root / f"{g}_test.bin", set(), same_second=(64, 255, 0))
+    results = RFW(root=root, groups=["Asian", "Indian"], image_size=SIZE).evaluate(ColourMean(), EvalContext())
+    assert [r["dataset"] for r in results] == ["Asian", "Indian", "RFW"]
+    assert [r["accuracy"] for r in results[:2]] == [100.0, 100.0]
+    assert results[2] == {"protocol": "rfw", "dataset": "RFW", "step": 0, "mean": 100.0, "std": 0.0, "ser": 1.0}
+
+
+def test_one_group_has_no_summary(rfw_root):
+    results = RFW(root=rfw_root, groups=["Asian"], image_size=SIZE).evaluate(ColourMean(), EvalContext())
+    assert [r["dataset"] for r in results] == ["Asian"]
+
+
+def test_missing_files_are_all_named(tmp_path):
+    root = tmp_path / "rfw"
+    root.mkdir()
+    write_group(root / "asian_test.bin", set())
+    with pytest.raises(FileNotFoundError) as info:
+        RFW(root=root, image_size=SIZE).evaluate(ColourMean(), EvalContext())
+    message = str(info.value)
+    assert "African_test.bin" in message and "Caucasian_test.bin" in message and "Indian_test.bin" in message
+    assert "Asian_test.bin" not in message and str(root) in message
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        RFW(root=tmp_path / "nowhere").evaluate(ColourMean(), EvalContext())
+
+
+def test_summary_helpers():
+    assert rfw_summary([95.95, 95.17, 96.78, 96.38])["mean"] == pytest.approx(96.07, abs=1e-9)  # CIFP Ours-R34
+    assert rfw_summary([95.95, 95.17, 96.78, 96.38])["std"] == pytest.approx(0.69, abs=0.005)
+    assert rfw_summary([90.0, 95.0])["ser"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        rfw_summary([90.0])
+    assert skewed_error_ratio([100.0, 100.0]) == 1.0
+    assert skewed_error_ratio([100.0, 99.0]) == math.inf
+
+
+def test_config():
+    cfg = structure(RFW.Config, {"root": "data/rfw", "batch_size": 32}, "eval")
+    assert cfg.root == pathlib.Path("data/rfw") and cfg.groups == list(GROUPS) and cfg.flip is True
+    with pytest.raises(ConfigError, match=r"eval\.root: required key is missing"):
+        structure(RFW.Config, {}, "eval")
+    with pytest.raises(ConfigError, match=r"eval\.groups: at least one group"):
+        structure(RFW.Config, {"root": "x", "groups": []}, "eval")
+    with pytest.raises(ConfigError, match=r"eval\.groups: groups must be distinct"):
+        structure(RFW.Config, {"root": "x", "groups": ["Asian", "Asian"]}, "eval")
+    with pytest.raises(ConfigError, match=r'eval\.grups: unknown key; did you mean "groups"'):
+        structure(RFW.Config, {"root": "x", "grups": ["Asian"]}, "eval")
