@@ -61,12 +61,16 @@ def cli() -> None:
 
 @cli.group("bench", cls=_Group)
 def bench_cmd() -> None:
-    """Benchmarks contributed by plugins (e.g. `tface bench latency` from tface-backbones)."""
+    """Benchmarks contributed by plugins.
+
+    tface-backbones adds `tface bench latency`; any plugin can add more (docs/plugins.md)."""
 
 
 @cli.group("export", cls=_Group)
 def export_cmd() -> None:
-    """Model export contributed by plugins (e.g. `tface export onnx` from tface-backbones)."""
+    """Model export contributed by plugins.
+
+    tface-backbones adds `tface export onnx`; any plugin can add more (docs/plugins.md)."""
 
 
 @cli.command("list")
