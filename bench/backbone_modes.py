@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
 import torch
 
+from tface.backbones.latency import median_ms
 from tface.core import registry
 
 
 def rate(fn, batch: int, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+    """Images per second from the median time of ``repeats`` calls after ``warmup`` calls."""
+    return batch * 1e3 / median_ms(fn, warmup=warmup, repeats=repeats)
 
 
 def modes(name: str, compile_too: bool):

@@ -24,11 +24,11 @@ import argparse
 import io
 import struct
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from data_read import best_rate as rate  # this folder's shared timing helper (run as a script)
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -83,15 +83,6 @@ class TFaceStyle(Dataset):
         image = dict(features)["image"].bytes_list.value[0]
         img = Image.open(io.BytesIO(image)).convert("RGB")
         return self.transform(img), label
-
-
-def rate(fn, n: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
 
 
 def main() -> None:

@@ -27,9 +27,8 @@ from typing import Any
 import attrs
 from torch import nn
 
-from tface.core.data.binfile import read_bin
 from tface.core.protocol import EvalContext, Result
-from tface.eval.verification import pair_set_metrics
+from tface.eval.verification import bin_set_metrics
 
 __all__ = ["GROUPS", "RFW", "rfw_summary", "skewed_error_ratio"]
 
@@ -131,18 +130,8 @@ class RFW:
         files = self.files()  # fail before spending time on the first group
         results: list[Result] = []
         for group, path in files:
-            images, issame = read_bin(path)
-            numbers = pair_set_metrics(
-                model,
-                images,
-                issame,
-                device=ctx.device,
-                batch_size=self.config.batch_size,
-                flip=self.config.flip,
-                image_size=self.config.image_size,
-                source=path,
-            )
-            del images
+            numbers = bin_set_metrics(model, path, device=ctx.device, batch_size=self.config.batch_size,
+                                      flip=self.config.flip, image_size=self.config.image_size)
             results.append(
                 {
                     "protocol": self.name,

@@ -30,6 +30,7 @@ from tface.eval.metrics import exact_accuracy, pair_distances, verification_metr
 
 __all__ = [
     "Verification",
+    "bin_set_metrics",
     "embed_pairs",
     "embed_raw",
     "l2_normalize",
@@ -193,6 +194,14 @@ def roc_curve_points(fpr: np.ndarray, tpr: np.ndarray, max_points: int = CURVE_P
     }
 
 
+def bin_set_metrics(model: nn.Module, path: str | os.PathLike, *, device: torch.device | str = "cpu",
+                    batch_size: int = 64, flip: bool = True, image_size: int = 112) -> dict[str, Any]:
+    """:func:`pair_set_metrics` of the ``.bin`` file at ``path`` (read with the restricted unpickler)."""
+    images, issame = read_bin(path)
+    return pair_set_metrics(model, images, issame, device=device, batch_size=batch_size, flip=flip,
+                            image_size=image_size, source=path)
+
+
 def pair_set_metrics(
     model: nn.Module,
     images: Sequence[bytes],
@@ -311,18 +320,8 @@ class Verification:
                 raise FileNotFoundError(f"verification: {path} (set {name!r}) does not exist")
         results: list[Result] = []
         for name, path in sets:
-            images, issame = read_bin(path)
-            numbers = pair_set_metrics(
-                model,
-                images,
-                issame,
-                device=ctx.device,
-                batch_size=self.config.batch_size,
-                flip=self.config.flip,
-                image_size=self.config.image_size,
-                source=path,
-            )
-            del images
+            numbers = bin_set_metrics(model, path, device=ctx.device, batch_size=self.config.batch_size,
+                                      flip=self.config.flip, image_size=self.config.image_size)
             numbers.pop("metrics")
             results.append({"protocol": self.name, "dataset": name, "step": ctx.step, **numbers})
         return results

@@ -44,7 +44,7 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class _Resumable:
-    """Epoch and position bookkeeping shared by both samplers.
+    """Epoch and position bookkeeping shared by both samplers (each defines ``__len__``, which this uses).
 
     ``start`` is a one-shot skip: the next ``__iter__`` begins there and later passes begin at 0.
     ``state_dict()["start"]`` is how far the current pass has got (what has been handed out so far).
@@ -58,9 +58,6 @@ class _Resumable:
         self.epoch = 0
         self._start = 0  # where the next pass begins (consumed by __iter__)
         self._pos = 0  # how far the current (or last) pass of this epoch has got
-
-    def __len__(self) -> int:
-        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next pass draws; a pending ``set_start`` survives only if the epoch is unchanged."""

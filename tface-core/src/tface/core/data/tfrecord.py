@@ -32,6 +32,8 @@ __all__ = [
 HEADER = 12  # u64 length + u32 length CRC
 FOOTER = 4  # u32 payload CRC
 _MASK_DELTA = 0xA282EAD8
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 
 
 class RecordError(DataError):
@@ -49,28 +51,33 @@ def frame(payload: bytes) -> bytes:
     return length + struct.pack("<I", masked_crc(length)) + payload + struct.pack("<I", masked_crc(payload))
 
 
+def _record_length(head: bytes, offset: int, path: str, verify: bool) -> int:
+    """The payload length announced by a record header (its CRC checked first: a damaged length is not read)."""
+    if len(head) < HEADER:
+        raise RecordError(f"{path}: offset {offset}: truncated record header ({len(head)} of {HEADER} bytes)")
+    (length,) = _U64.unpack_from(head)
+    if verify and masked_crc(head[:8]) != _U32.unpack_from(head, 8)[0]:
+        raise RecordError(f"{path}: offset {offset}: length CRC mismatch (not a record boundary?)")
+    return length
+
+
+def _check_payload(payload: bytes, stored_crc: int, offset: int, path: str) -> bytes:
+    if masked_crc(payload) != stored_crc:
+        raise RecordError(f"{path}: offset {offset}: payload CRC mismatch (corrupted record)")
+    return payload
+
+
 def read_record_at(f: BinaryIO, offset: int, *, path: str = "?", verify: bool = True) -> bytes:
     """The payload of the record starting at ``offset``; raises :class:`RecordError` on any damage."""
     f.seek(offset)
-    head = f.read(HEADER)
-    if len(head) < HEADER:
-        raise RecordError(f"{path}: offset {offset}: truncated record header ({len(head)} of {HEADER} bytes)")
-    (length,) = struct.unpack("<Q", head[:8])
-    if verify:
-        (want,) = struct.unpack("<I", head[8:])
-        if masked_crc(head[:8]) != want:
-            raise RecordError(f"{path}: offset {offset}: length CRC mismatch (not a record boundary?)")
+    length = _record_length(f.read(HEADER), offset, path, verify)
     body = f.read(length + FOOTER)
     if len(body) < length + FOOTER:
         raise RecordError(
             f"{path}: offset {offset}: truncated record (needs {length + FOOTER} bytes, file has {len(body)})"
         )
     payload = body[:length]
-    if verify:
-        (want,) = struct.unpack("<I", body[length:])
-        if masked_crc(payload) != want:
-            raise RecordError(f"{path}: offset {offset}: payload CRC mismatch (corrupted record)")
-    return payload
+    return _check_payload(payload, _U32.unpack_from(body, length)[0], offset, path) if verify else payload
 
 
 def pread_record(fd: int, offset: int, *, path: str = "?", verify: bool = True,
@@ -78,13 +85,7 @@ def pread_record(fd: int, offset: int, *, path: str = "?", verify: bool = True,
     """Like :func:`read_record_at` on a raw file descriptor, in one ``pread`` when the record fits
     ``size_hint`` bytes (no seek, no buffering layer: the cheapest random access Python offers)."""
     buf = os.pread(fd, size_hint, offset)
-    if len(buf) < HEADER:
-        raise RecordError(f"{path}: offset {offset}: truncated record header ({len(buf)} of {HEADER} bytes)")
-    (length,) = _U64.unpack_from(buf)
-    if verify:
-        (want,) = _U32.unpack_from(buf, 8)
-        if masked_crc(buf[:8]) != want:
-            raise RecordError(f"{path}: offset {offset}: length CRC mismatch (not a record boundary?)")
+    length = _record_length(buf, offset, path, verify)
     end = HEADER + length + FOOTER
     if end > len(buf):
         if len(buf) == size_hint:  # the record is larger than the hint: read the rest
@@ -93,15 +94,7 @@ def pread_record(fd: int, offset: int, *, path: str = "?", verify: bool = True,
             raise RecordError(f"{path}: offset {offset}: truncated record (needs {length + FOOTER} bytes after the "
                               f"header, file has {len(buf) - HEADER})")
     payload = buf[HEADER:HEADER + length]
-    if verify:
-        (want,) = _U32.unpack_from(buf, HEADER + length)
-        if masked_crc(payload) != want:
-            raise RecordError(f"{path}: offset {offset}: payload CRC mismatch (corrupted record)")
-    return payload
-
-
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
+    return _check_payload(payload, _U32.unpack_from(buf, HEADER + length)[0], offset, path) if verify else payload
 
 
 def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
