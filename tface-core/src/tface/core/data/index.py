@@ -4,7 +4,9 @@ Training index (what a run reads), one line per sample::
 
     record_name<TAB>shard_idx<TAB>byte_offset<TAB>label
 
-The shard of a line is ``<root>/<record_name>/<record_name>-<shard_idx:05d>.tfrecord``. Indexes can be
+The shard of a line is ``<root>/<record_name>/<record_name>-<shard_idx:05d>.tfrecord``, so a record name is a
+single path component (:func:`check_record_name`, enforced wherever a name is read or written: an index
+naming ``../x`` could otherwise send readers and ``unpack`` outside their folders). Indexes can be
 rewritten (cleaned, relabelled, subset) without touching the shards.
 
 Pack index (what TFace's ``img2tfrecord`` writes as ``<name>/<name>.index``), one line per image::
@@ -26,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "IndexFormatError",
+    "check_record_name",
     "Index",
     "LabelSpace",
     "PackEntry",
@@ -46,7 +49,35 @@ class IndexFormatError(ValueError):
     """A malformed index or list file: names the file and line."""
 
 
+#: characters a record name may not hold: path separators (both kinds, so a data set moves between systems),
+#: the index's own separators, and NUL (which no file name can hold)
+_NAME_FORBIDDEN = "/\\\t\n\r\0"
+
+
+def check_record_name(name: str) -> str:
+    """``name`` when it is a valid record name, else :class:`ValueError` saying why.
+
+    A record name is one path component: the folder under the data root and the stem of its shard files.
+    The one rule for ``pack --name``, the shard writer, ``reindex`` and every index read.
+    """
+    if not name:
+        reason = "it is empty"
+    elif name in (".", ".."):
+        reason = "it names the folder itself or its parent"
+    elif any(c in name for c in _NAME_FORBIDDEN):
+        bad = next(c for c in name if c in _NAME_FORBIDDEN)
+        reason = f"it holds {bad!r}"
+    else:
+        return name
+    raise ValueError(f"invalid record name {name!r}: {reason} (a record name is one folder name, "
+                     "without '/', '\\', tabs or newlines)")
+
+
 def shard_path(root: Path, record_name: str, shard: int) -> Path:
+    """``root/record_name/record_name-SHARD.tfrecord``; the name is checked, so the path stays under ``root``."""
+    check_record_name(record_name)
+    if shard < 0:
+        raise ValueError(f"negative shard number {shard}")
     return Path(root) / record_name / f"{record_name}-{shard:05d}.tfrecord"
 
 
@@ -134,6 +165,7 @@ def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     files: dict[tuple[str, int], int] = {}
+    names: set[str] = set()
     file_id, offsets, labels, lines = [], [], [], []
     with _open_text(path, "index") as handle:
         for lineno, line in enumerate(handle, 1):
@@ -161,10 +193,14 @@ def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
             shard_i, offset_i, label_i = values
             if shard_i < 0 or offset_i < 0 or label_i < 0:
                 raise IndexFormatError(f"{path}:{lineno}: negative shard, offset or label: {line[:120]!r}")
-            if not name:
-                raise IndexFormatError(f"{path}:{lineno}: empty record name: {line[:120]!r}")
             key = (name, shard_i)
             if key not in files:
+                if name not in names:
+                    try:
+                        check_record_name(name)
+                    except ValueError as exc:
+                        raise IndexFormatError(f"{path}:{lineno}: {exc}") from None
+                    names.add(name)
                 files[key] = len(files)
             file_id.append(files[key])
             offsets.append(offset_i)
@@ -191,10 +227,13 @@ def index_rows(index: Index) -> Iterator[tuple[str, int, int, int]]:
 
 
 def write_index(path: str | os.PathLike, lines: Iterable[tuple[str, int, int, int]]) -> Path:
-    """Write ``(record_name, shard, offset, label)`` rows atomically."""
+    """Write ``(record_name, shard, offset, label)`` rows atomically (never an index that cannot be read back)."""
     from tface.core.fsutil import atomic_write_bytes
 
-    text = "".join(f"{n}\t{s}\t{o}\t{lab}\n" for n, s, o, lab in lines)
+    rows = list(lines)
+    for name in {n for n, _, _, _ in rows}:
+        check_record_name(name)
+    text = "".join(f"{n}\t{s}\t{o}\t{lab}\n" for n, s, o, lab in rows)
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -287,6 +326,7 @@ class JoinResult:
 
 def join_labels(pack: list[PackEntry], labels: list[tuple[str, int, int]], record_name: str) -> JoinResult:
     """TFace's ``convert_new_index``: training rows in label-list order, unmatched paths reported."""
+    check_record_name(record_name)
     where = {e.path: (e.shard, e.offset) for e in pack}
     rows: list[tuple[str, int, int, int]] = []
     unmatched: list[tuple[str, int]] = []

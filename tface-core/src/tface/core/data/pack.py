@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 
 from tface.core.data.align import read_landmark_list, similarity_transform, template, transform_points, warp
 from tface.core.data.imagelist import ImageList, read_image_list, scan_folder
+from tface.core.data.index import check_record_name
 from tface.core.data.writer import DEFAULT_SHARD_SIZE, ShardWriter
 
 __all__ = ["PackError", "PackReport", "pack", "encode_face", "ON_ERROR"]
@@ -186,8 +187,7 @@ def pack(source: str | os.PathLike | ImageList, out_dir: str | os.PathLike, name
         raise ValueError(f"quality must be in 1..100, got {quality}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    if not name or name in (".", "..") or any(c in name for c in "/\\\t\n\r"):
-        raise ValueError(f"invalid record name {name!r} (it names a folder and the shard files)")
+    check_record_name(name)
     images = _source(source, image_list, root)
     table = read_landmark_list(landmarks) if isinstance(landmarks, (str, os.PathLike)) else landmarks
     if table is not None:

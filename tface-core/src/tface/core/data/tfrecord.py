@@ -1,15 +1,17 @@
 """TFRecord framing and ``tf.train.Example`` codec, owned by tface.
 
 Framing: ``u64 length (little-endian) | u32 masked CRC32C(length) | payload | u32 masked CRC32C(payload)``.
-The Example parser is hand-written (the format is a few varints), so reading never touches a protobuf
-descriptor pool: a process that already imported TensorFlow's, TFace's or the ``tfrecord`` package's
-generated ``Example`` module reads these files just the same.
+The Example parser and serialiser are hand-written (the format is a few varints), so neither reading nor
+writing touches a protobuf descriptor pool: a process that already imported TensorFlow's, TFace's or the
+``tfrecord`` package's generated ``Example`` module reads and writes these files just the same (importing
+two generated ``example.proto`` modules into one process fails with ``KeyError: '_FLOATLIST'``).
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from typing import BinaryIO
 
 import crc32c as _crc32c
@@ -24,6 +26,7 @@ __all__ = [
     "read_record_at",
     "pread_record",
     "parse_example",
+    "serialize_example",
     "bytes_feature",
     "HEADER",
     "FOOTER",
@@ -47,8 +50,8 @@ def masked_crc(data: bytes) -> int:
 
 def frame(payload: bytes) -> bytes:
     """One framed record (what a TFRecord writer appends)."""
-    length = struct.pack("<Q", len(payload))
-    return length + struct.pack("<I", masked_crc(length)) + payload + struct.pack("<I", masked_crc(payload))
+    length = _U64.pack(len(payload))
+    return length + _U32.pack(masked_crc(length)) + payload + _U32.pack(masked_crc(payload))
 
 
 def _record_length(head: bytes, offset: int, path: str, verify: bool) -> int:
@@ -262,3 +265,52 @@ def parse_example(payload: bytes) -> dict[str, list[bytes] | np.ndarray]:
             if key is not None:
                 out[key] = feature
     return out
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _serialize_feature(key: str, value: list[bytes] | tuple[bytes, ...] | np.ndarray) -> bytes:
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, (bytes, bytearray)) for v in value):
+            raise TypeError(f"feature {key!r}: a list feature must hold bytes")
+        return _field(1, b"".join(_field(1, bytes(v)) for v in value))  # BytesList: repeated bytes
+    if not isinstance(value, np.ndarray) or value.ndim != 1:
+        raise TypeError(f"feature {key!r}: expected a list of bytes or a 1-D array, got {type(value).__name__}")
+    if value.dtype.kind == "f":  # FloatList: packed little-endian float32
+        packed = value.astype("<f4").tobytes()
+        return _field(2, _field(1, packed) if packed else b"")
+    if value.dtype.kind in "iu":  # Int64List: packed varints, negatives as 64-bit two's complement
+        ints = value.tolist()
+        if ints and (min(ints) < -(1 << 63) or max(ints) >= 1 << 63):
+            raise ValueError(f"feature {key!r}: a value does not fit in int64")
+        packed = b"".join(_varint(v & 0xFFFFFFFFFFFFFFFF) for v in ints)
+        return _field(3, _field(1, packed) if packed else b"")
+    raise TypeError(f"feature {key!r}: array dtype {value.dtype} is neither float nor integer")
+
+
+def serialize_example(features: Mapping[str, list[bytes] | np.ndarray]) -> bytes:
+    """A serialised ``tf.train.Example``: the inverse of :func:`parse_example`.
+
+    ``list[bytes]`` becomes a BytesList, a float array a FloatList, an integer array an Int64List (packed,
+    as protobuf's serialisers emit them). Map entries follow the mapping's order, key before value, which
+    is what protobuf's Python serialiser writes for keys inserted in that order (its upb backend uses a
+    per-process hash order instead: both are valid, and every reader, including the image fast path of
+    :func:`bytes_feature`, accepts either).
+    """
+    entries = b"".join(
+        _field(1, _field(1, key.encode("utf-8")) + _field(2, _serialize_feature(key, value)))
+        for key, value in features.items()
+    )
+    return _field(1, entries)  # Example.features = Features{feature: the entries}

@@ -45,6 +45,15 @@ def _tsv_field(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
+def _inside(out_dir: Path, rel: str, where: str) -> Path:
+    """``out_dir / rel``, refused when it resolves outside ``out_dir``: a second guard behind the record-name
+    rule, so no index (however it was built) makes unpack write elsewhere."""
+    target = out_dir / rel
+    if not target.resolve().is_relative_to(out_dir.resolve()):
+        raise IndexFormatError(f"{where}: the file name {rel!r} would land outside {out_dir}; nothing written there")
+    return target
+
+
 def check_shards_exist(index: Index, n: int | None = None) -> None:
     """Fail before writing anything when a shard used by the first ``n`` rows is missing."""
     n = len(index) if n is None else n
@@ -96,7 +105,7 @@ def unpack(index: Index, out_dir: str | os.PathLike, *, limit: int | None = None
             source_text = source[0].decode("utf-8", "replace") if isinstance(source, list) and source else ""
             name, shard = index.keys[fid]
             rel = f"{label}/{name}-{shard:05d}-{offset}.{image_extension(data)}"
-            target = out_dir / rel
+            target = _inside(out_dir, rel, f"{index.path}:{index.line_of(i)}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             total += len(data)

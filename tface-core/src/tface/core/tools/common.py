@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import click
 
-__all__ = ["progress", "summary"]
+__all__ = ["progress", "summary", "record_name_param"]
 
 T = TypeVar("T")
 
@@ -29,3 +29,15 @@ def summary(title: str, rows: Iterable[tuple[str, object]]) -> None:
     click.echo(title)
     for k, v in rows:
         click.echo(f"  {k.ljust(width)}  {v}")
+
+
+def record_name_param(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a record name option that breaks the record-name rule is a bad option value (exit 2)."""
+    from tface.core.data.index import check_record_name
+
+    if value is None:
+        return None
+    try:
+        return check_record_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tface.core.tools.common import progress, summary
+from tface.core.tools.common import progress, record_name_param, summary
 
 #: Skipped images listed one per line before the summary (the rest are counted).
 SHOW_SKIPPED = 20
@@ -15,7 +15,8 @@ SHOW_SKIPPED = 20
 @click.command("pack")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Record name: shards go to OUT_DIR/NAME/, the index to OUT_DIR/NAME.txt.")
+@click.option("--name", required=True, callback=record_name_param,
+              help="Record name: shards go to OUT_DIR/NAME/, the index to OUT_DIR/NAME.txt.")
 @click.option("--list", "is_list", is_flag=True,
               help="SOURCE is an image list (path, path<TAB>label or 'path label' lines), not a folder.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),

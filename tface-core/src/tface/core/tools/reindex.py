@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tface.core.tools.common import summary
+from tface.core.tools.common import record_name_param, summary
 
 #: label-list paths without a record that are printed (all of them go to ``--unmatched``)
 SHOW_UNMATCHED = 20
@@ -16,7 +16,7 @@ SHOW_UNMATCHED = 20
 @click.argument("pack_index", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("label_list", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out_index", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--record-name", default=None,
+@click.option("--record-name", default=None, callback=record_name_param,
               help="Record name written in every row (default: PACK_INDEX's basename without .index).")
 @click.option("--unmatched", "unmatched_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every label-list path that has no record here, one per line.")
@@ -31,6 +31,7 @@ def reindex_cmd(pack_index: Path, label_list: Path, out_index: Path, record_name
 
     from tface.core.data.index import (
         IndexFormatError,
+        check_record_name,
         join_labels,
         label_space,
         read_label_list,
@@ -40,8 +41,10 @@ def reindex_cmd(pack_index: Path, label_list: Path, out_index: Path, record_name
     from tface.core.fsutil import atomic_write_bytes
 
     name = record_name if record_name is not None else pack_index.name.removesuffix(".index")
-    if not name or "/" in name or "\t" in name or "\n" in name:
-        raise click.ClickException(f"invalid record name {name!r} (give one with --record-name)")
+    try:
+        check_record_name(name)
+    except ValueError as exc:
+        raise click.ClickException(f"{pack_index}: {exc}; give one with --record-name") from None
     try:
         pack = read_pack_index(pack_index)
         labels = read_label_list(label_list)
