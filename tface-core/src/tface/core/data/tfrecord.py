@@ -267,7 +267,13 @@ def parse_example(payload: bytes) -> dict[str, list[bytes] | np.ndarray]:
     return out
 
 
+_ONE_BYTE = tuple(bytes([i]) for i in range(0x80))
+_LEN_TAG = (b"", b"\x0a", b"\x12", b"\x1a")  # fields 1..3, wire type 2 (length-delimited)
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -277,8 +283,8 @@ def _varint(value: int) -> bytes:
 
 
 def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    """A length-delimited field (wire type 2) numbered 1..3."""
+    return _LEN_TAG[number] + _varint(len(data)) + data
 
 
 def _serialize_feature(key: str, value: list[bytes] | tuple[bytes, ...] | np.ndarray) -> bytes:
