@@ -120,7 +120,9 @@ def test_unpack_names_bytes_and_table(tmp_path):
         assert (out / rel).read_bytes() == images[k if k < 4 else 1]
         expected.append(rel)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == sorted(expected + ["unpacked.tsv"])
+    assert files == sorted(expected + ["unpacked.tsv", "tface-manifest.txt"])
+    listed = [ln for ln in (out / "tface-manifest.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert listed == sorted(expected + ["unpacked.tsv"])
     table = (out / "unpacked.tsv").read_text().splitlines()
     assert table[0] == "file\tindex_line\tlabel\tpath"
     assert table[1:] == [f"{expected[0]}\t1\t0\tsrc/0\\tx.jpg", f"{expected[1]}\t2\t1\tsrc/1.jpg",

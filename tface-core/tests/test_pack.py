@@ -234,7 +234,10 @@ def test_worker_count_does_not_change_a_byte(photos, tmp_path):
         pack(lst, out, "d", image_list=True, landmarks=pts_file, workers=workers, shard_size=3, extra_keys=True)
         outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
     assert outputs[0] == outputs[1]
-    assert set(outputs[0]) == {"d.txt", "d/d.index", "d/classes.tsv", "d/d-00000.tfrecord", "d/d-00001.tfrecord"}
+    assert set(outputs[0]) == {"d.txt", "d/d.index", "d/classes.tsv", "d/d-00000.tfrecord", "d/d-00001.tfrecord",
+                               "d/tface-manifest.txt"}
+    listed = [ln for ln in outputs[0]["d/tface-manifest.txt"].decode().splitlines() if not ln.startswith("#")]
+    assert listed == ["classes.tsv", "d-00000.tfrecord", "d-00001.tfrecord", "d.index"]
 
 
 def test_bad_images_error_and_skip(folder, tmp_path):

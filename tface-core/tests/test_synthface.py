@@ -34,7 +34,9 @@ def test_generate_layout_and_content(tmp_path):
     folder = src.folder()
     assert folder.parent == tmp_path and folder.name == src.key
     assert sorted(p.name for p in folder.iterdir()) == ["synthface", "synthface-val.bin", "synthface.json",
-                                                       "synthface.txt"]
+                                                       "synthface.txt", "tface-manifest.txt"]
+    listed = [ln for ln in (folder / "tface-manifest.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert listed == ["synthface-val.bin", "synthface.json", "synthface.txt", "synthface/synthface-00000.tfrecord"]
     assert len(ds) == 18 and ds.num_classes == 6
     assert ds.index.labels.tolist() == [i // 3 for i in range(18)]
     img, label = ds[4]
@@ -90,7 +92,7 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_config_rejects_odd_pairs():
     from tface.core.config import ConfigError, structure
 
-    with pytest.raises(ConfigError, match="data.val_pairs: val_pairs must be even"):
+    with pytest.raises(ConfigError, match=r"data.val_pairs: must be a positive even number \(half genuine, half impostor pairs\), got 7"):
         structure(SynthFaceSource.Config, {"val_pairs": 7}, "data")
 
 
