@@ -217,3 +217,24 @@ def test_atomic_write_keeps_an_existing_files_mode(tmp_path, umask):
     path.chmod(0o640)
     atomic_write_bytes(path, b"new")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_bytes() == b"new"
+
+
+def test_read_only_parent_stages_inside_the_target(tmp_path, monkeypatch):
+    import tempfile
+
+    target = tmp_path / "mount"
+    target.mkdir()
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(prefix="", dir=None):
+        if Path(dir) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkdtemp(prefix=prefix, dir=dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    with OutputFolder(target) as out:
+        assert out.staging.parent == target  # inside, hidden, and not counted as "not empty"
+        (out.path / "a.txt").write_bytes(b"A")
+    assert snapshot(target) == {"a.txt": b"A", MANIFEST: (target / MANIFEST).read_bytes()}
+    with pytest.raises(PermissionError):
+        OutputFolder(tmp_path / "new").__enter__()  # a new folder needs a writable parent anyway

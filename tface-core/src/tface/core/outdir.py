@@ -8,9 +8,10 @@ Every ``tface data`` command that writes a folder goes through :class:`OutputFol
 
 Rules:
 
-- Outputs are built in a temporary sibling of the target, ``.NAME.tmp-<pid>-<random>/NAME``; only a
-  build that finishes is moved into place. A failed or interrupted build (any exception, Ctrl-C
-  included) removes the sibling and leaves the target as it was. Only a killed process (``SIGKILL``,
+- Outputs are built in a temporary sibling of the target, ``.NAME.tmp-<pid>-<random>/NAME`` (inside
+  an existing target when its parent is read-only); only a build that finishes is moved into place.
+  A failed or interrupted build (any exception, Ctrl-C included) removes the sibling and leaves the
+  target as it was. Only a killed process (``SIGKILL``,
   power loss) can leave a ``.NAME.tmp-*`` folder behind; it is never part of the output and can be
   deleted by hand.
 - A target that does not exist (or is empty) is simply filled. A target holding anything is refused,
@@ -137,7 +138,7 @@ class OutputFolder:
         """What is in the way: entries of the target and companions that exist (empty when none)."""
         found = []
         if self.target.is_dir() and not self.target.is_symlink():
-            if any(self.target.iterdir()):
+            if any(p != self.staging for p in self.target.iterdir()):
                 found.append(str(self.target))
         elif self.target.exists() or self.target.is_symlink():
             raise OutputExistsError(f"{self.target} exists and is not a folder: choose another output")
@@ -167,8 +168,14 @@ class OutputFolder:
     def __enter__(self) -> OutputFolder:
         self.check()
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-{os.getpid()}-",
-                                             dir=self.target.parent))
+        prefix = f".{self.target.name}.tmp-{os.getpid()}-"
+        try:
+            self.staging = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
+        except PermissionError:
+            if not self.target.is_dir():
+                raise
+            # a read-only parent (a mount point, /home): stage inside the existing target instead
+            self.staging = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target))
         self.path = self.staging / self.target.name
         self.path.mkdir()
         return self

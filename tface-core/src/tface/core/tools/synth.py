@@ -41,6 +41,8 @@ def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_ident
         paths = source.generate(out_dir, overwrite=overwrite)
     except OutputExistsError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or out_dir}: {exc.strerror or exc}") from None
     verb = "found a complete set: reused" if reused else "wrote"
     summary(f"{verb} {paths.index} and {paths.bin} in {time.perf_counter() - t0:.1f}s", [
         ("identities", source.identities),
