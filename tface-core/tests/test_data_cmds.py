@@ -120,7 +120,9 @@ def test_unpack_names_bytes_and_table(tmp_path):
         assert (out / rel).read_bytes() == images[k if k < 4 else 1]
         expected.append(rel)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == sorted(expected + ["unpacked.tsv"])
+    assert files == sorted(expected + ["unpacked.tsv", "tface-manifest.txt"])
+    listed = [ln for ln in (out / "tface-manifest.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert listed == sorted(expected + ["unpacked.tsv"])
     table = (out / "unpacked.tsv").read_text().splitlines()
     assert table[0] == "file\tindex_line\tlabel\tpath"
     assert table[1:] == [f"{expected[0]}\t1\t0\tsrc/0\\tx.jpg", f"{expected[1]}\t2\t1\tsrc/1.jpg",
@@ -382,3 +384,95 @@ def test_subset_summary(tmp_path, big_index):
     assert "identities  30 -> 3" in result.output and f"images      {len(rows)} -> {n}" in result.output
     used = re.search(r"shards\s+(\d+) used, (\d+) missing", result.output)  # no shard files exist here
     assert used is not None and used.group(1) == used.group(2)
+
+
+# --- outputs never destroy inputs or the user's files ----------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("spell", ["same", "dotted", "link"])
+def test_subset_refuses_to_overwrite_its_input(tmp_path, big_index, spell, monkeypatch):
+    index, _ = big_index
+    before = index.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    out = {"same": index, "dotted": Path("sub/../in.txt"), "link": tmp_path / "alias.txt"}[spell]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "alias.txt").symlink_to(index)
+    result = data("subset", index, out, "--identities", "3")
+    assert result.exit_code == 2, result.output
+    assert f"OUT_INDEX {index} is the input INDEX: write the output somewhere else" in result.output
+    assert index.read_bytes() == before and not Path(f"{out}.labels.tsv").exists()
+
+
+def test_subset_refuses_outputs_on_its_other_inputs(tmp_path, big_index):
+    index, _ = big_index
+    (tmp_path / "ids.txt").write_text("0\n2\n")
+    result = data("subset", index, tmp_path / "ids.txt", "--identity-list", tmp_path / "ids.txt")
+    assert result.exit_code == 2 and "is the input --identity-list" in result.output
+    assert (tmp_path / "ids.txt").read_text() == "0\n2\n"
+    labels = tmp_path / "m.txt.labels.tsv"  # the label map would land on the input
+    labels.write_bytes(index.read_bytes())
+    result = data("subset", labels, tmp_path / "m.txt", "--identities", "2")
+    assert result.exit_code == 2 and "the label map" in result.output and labels.read_bytes() == index.read_bytes()
+    (tmp_path / "s").mkdir()
+    shard = tmp_path / "s" / "s-00000.tfrecord"
+    shard.write_bytes(b"records")
+    result = data("subset", index, shard, "--keep-labels")
+    assert result.exit_code == 2 and "is the input shard" in result.output and shard.read_bytes() == b"records"
+
+
+def test_reindex_refuses_to_overwrite_its_inputs(tmp_path):
+    pack, where = packed(tmp_path, 3)
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"{sorted(where)[0]} 0\n")
+    pack_before = pack.read_bytes()
+    for out, extra, name in [(labels, [], "LABEL_LIST"), (pack, [], "PACK_INDEX"),
+                             (tmp_path / "o.txt", ["--unmatched", labels], "LABEL_LIST")]:
+        result = data("reindex", pack, labels, out, *extra)
+        assert result.exit_code == 2 and f"is the input {name}" in result.output, result.output
+    result = data("reindex", pack, labels, tmp_path / "o.txt", "--unmatched", tmp_path / "o.txt")
+    assert result.exit_code == 2 and "are the same file" in result.output
+    assert labels.read_text() == f"{sorted(where)[0]} 0\n" and pack.read_bytes() == pack_before
+    assert not (tmp_path / "o.txt").exists()
+
+
+def unpack_fixture(tmp_path: Path) -> Path:
+    (tmp_path / "data").mkdir()
+    with ShardWriter(tmp_path / "data", "u", shard_size=2) as w:
+        for i in range(3):
+            w.add(encoded(i), label=i % 2)
+    return tmp_path / "data" / "u.txt"
+
+
+def test_unpack_refuses_a_non_empty_folder(tmp_path):
+    index = unpack_fixture(tmp_path)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "0").mkdir()
+    (out / "0" / "photo.jpg").write_bytes(b"the user's")
+    result = data("unpack", index, out)
+    assert result.exit_code == 1 and f"Error: {out} is not empty and is not a tface output" in result.output
+    assert snapshot(out) == {"0": None, "0/photo.jpg": b"the user's"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mine"]
+
+    result = data("unpack", index, out, "--overwrite")  # adds its files, keeps the user's
+    assert result.exit_code == 0, result.output
+    assert (out / "0" / "photo.jpg").read_bytes() == b"the user's" and len(list(out.rglob("u-*"))) == 3
+    result = data("unpack", index, out, "--overwrite", "--limit", "1")  # a smaller rerun drops its old images
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "0/photo.jpg", f"0/u-00000-{read_rows(index)[0][2]}.jpg", "tface-manifest.txt", "unpacked.tsv"]
+    assert data("unpack", index, out).exit_code == 1  # a tface output is not replaced without --overwrite
+
+
+def test_unpack_refuses_a_folder_holding_its_input(tmp_path):
+    index = unpack_fixture(tmp_path)
+    before = snapshot(tmp_path / "data")
+    for out in (tmp_path / "data", tmp_path):
+        result = data("unpack", index, out, "--overwrite")
+        assert result.exit_code == 2 and "holds the input" in result.output, result.output
+    assert snapshot(tmp_path / "data") == before

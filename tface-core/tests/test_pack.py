@@ -234,7 +234,10 @@ def test_worker_count_does_not_change_a_byte(photos, tmp_path):
         pack(lst, out, "d", image_list=True, landmarks=pts_file, workers=workers, shard_size=3, extra_keys=True)
         outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
     assert outputs[0] == outputs[1]
-    assert set(outputs[0]) == {"d.txt", "d/d.index", "d/classes.tsv", "d/d-00000.tfrecord", "d/d-00001.tfrecord"}
+    assert set(outputs[0]) == {"d.txt", "d/d.index", "d/classes.tsv", "d/d-00000.tfrecord", "d/d-00001.tfrecord",
+                               "d/tface-manifest.txt"}
+    listed = [ln for ln in outputs[0]["d/tface-manifest.txt"].decode().splitlines() if not ln.startswith("#")]
+    assert listed == ["classes.tsv", "d-00000.tfrecord", "d-00001.tfrecord", "d.index"]
 
 
 def test_bad_images_error_and_skip(folder, tmp_path):
@@ -407,3 +410,44 @@ def test_a_failed_pack_leaves_no_partial_output(tmp_path):
     assert not (tmp_path / "out" / "demo").exists() and not (tmp_path / "out" / "demo.txt").exists()
     report = pack(src, tmp_path / "out", "demo", on_error="skip")  # the rerun needs no --overwrite
     assert report.written == 4 and [p for p, _ in report.skipped] == ["b/9.jpg"]
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_a_failed_overwrite_keeps_the_old_data_set(folder, tmp_path):
+    out = tmp_path / "out"
+    pack(folder, out, "faces", shard_size=2)
+    (out / "notes.txt").write_text("the user's")
+    (out / "other.txt").write_text("another data set's index")
+    before = tree(out)
+    (folder / "bob" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(PackError, match=r"bob/broken\.jpg: cannot decode image"):
+        pack(folder, out, "faces", overwrite=True, on_error="error")
+    assert tree(out) == before  # byte for byte, and no temporary sibling left in OUT
+
+
+def test_overwrite_keeps_user_files_and_drops_stale_shards(folder, tmp_path):
+    out = tmp_path / "out"
+    pack(folder, out, "faces", shard_size=2)
+    pack(folder, out, "other", shard_size=7)
+    (out / "faces" / "README").write_text("mine")
+    report = pack(folder, out, "faces", shard_size=7, overwrite=True)
+    assert sorted(p.name for p in (out / "faces").iterdir()) == [
+        "README", "classes.tsv", "faces-00000.tfrecord", "faces.index", "tface-manifest.txt"]
+    assert report.shards == (out / "faces" / "faces-00000.tfrecord",)
+    assert len(tface_read(out, out / "faces.txt")) == 7 and len(tface_read(out, out / "other.txt")) == 7
+
+
+def test_pack_refuses_a_user_folder_and_its_own_source(folder, tmp_path):
+    (tmp_path / "out" / "faces").mkdir(parents=True)
+    (tmp_path / "out" / "faces" / "mine.txt").write_text("mine")
+    with pytest.raises(PackError, match=r"out/faces is not empty and is not a tface output.*--overwrite"):
+        pack(folder, tmp_path / "out", "faces")
+    assert tree(tmp_path / "out") == {"faces": None, "faces/mine.txt": b"mine"}
+    with pytest.raises(PackError, match=r"the output folder .*faces holds the input source|is the input source"):
+        pack(folder, tmp_path, "faces", overwrite=True)  # OUT/NAME is the folder being packed
+    res = CliRunner().invoke(cli, ["data", "pack", str(folder), str(tmp_path / "out"), "--name", "faces"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1

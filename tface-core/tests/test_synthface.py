@@ -34,7 +34,9 @@ def test_generate_layout_and_content(tmp_path):
     folder = src.folder()
     assert folder.parent == tmp_path and folder.name == src.key
     assert sorted(p.name for p in folder.iterdir()) == ["synthface", "synthface-val.bin", "synthface.json",
-                                                       "synthface.txt"]
+                                                       "synthface.txt", "tface-manifest.txt"]
+    listed = [ln for ln in (folder / "tface-manifest.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert listed == ["synthface-val.bin", "synthface.json", "synthface.txt", "synthface/synthface-00000.tfrecord"]
     assert len(ds) == 18 and ds.num_classes == 6
     assert ds.index.labels.tolist() == [i // 3 for i in range(18)]
     img, label = ds[4]
@@ -90,7 +92,8 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_config_rejects_odd_pairs():
     from tface.core.config import ConfigError, structure
 
-    with pytest.raises(ConfigError, match="data.val_pairs: val_pairs must be even"):
+    with pytest.raises(ConfigError, match=r"data.val_pairs: must be a positive even number \(half genuine, "
+                                          r"half impostor pairs\), got 7"):
         structure(SynthFaceSource.Config, {"val_pairs": 7}, "data")
 
 
@@ -101,3 +104,104 @@ def test_cli_synth(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "synthface.txt").exists() and (tmp_path / "out" / "synthface-val.bin").exists()
     assert len((tmp_path / "out" / "synthface.txt").read_text().splitlines()) == 8
+
+
+# --- output folder rules and option validation -------------------------------------------------------------
+
+TINY = ["--identities", "2", "--images-per-identity", "1", "--val-identities", "2", "--val-pairs", "2",
+        "--workers", "1"]
+
+
+def synth(out, *extra):
+    return CliRunner().invoke(cli, ["data", "synth", str(out), *TINY, *map(str, extra)])
+
+
+def tree(folder):
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_synth_refuses_a_folder_with_user_files(tmp_path):
+    out = tmp_path / "mine"
+    (out / "photos").mkdir(parents=True)
+    (out / "notes.txt").write_text("my notes")
+    (out / "photos" / "a.jpg").write_bytes(b"jpeg")
+    before = tree(out)
+    res = synth(out)
+    assert res.exit_code == 1, res.output
+    assert f"Error: {out} is not empty and is not a tface output" in res.output and "--overwrite" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temp sibling either
+
+
+def test_synth_dot_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(tmp_path / "work")
+    res = synth(".")
+    assert res.exit_code == 1 and f"{tmp_path / 'work'} is not empty" in res.output
+    assert tree(tmp_path / "work") == {"thesis.tex": b"years of work"}
+
+
+def test_synth_overwrite_replaces_only_its_own_files(tmp_path):
+    out = tmp_path / "set"
+    assert synth(out, "--seed", "1", "--identities", "3").exit_code == 0
+    old_listed = [ln for ln in (out / "tface-manifest.txt").read_text().splitlines() if not ln.startswith("#")]
+    (out / "README.md").write_text("what this set is for")
+    (out / "synthface" / "extra.tfrecord").write_bytes(b"the user's own shard")
+    res = synth(out, "--seed", "2")  # different parameters: refused without --overwrite
+    assert res.exit_code == 1 and "already exists" in res.output and "--overwrite" in res.output
+    res = synth(out, "--seed", "2", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert (out / "README.md").read_text() == "what this set is for"
+    assert (out / "synthface" / "extra.tfrecord").read_bytes() == b"the user's own shard"
+    assert json.loads((out / "synthface.json").read_text())["seed"] == 2
+    assert len((out / "synthface.txt").read_text().splitlines()) == 2
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        old_listed + ["README.md", "synthface/extra.tfrecord", "tface-manifest.txt"])
+    res = synth(out, "--seed", "2")  # the very same set: reused, nothing written
+    assert res.exit_code == 0 and "reused" in res.output
+
+
+def test_an_interrupted_synth_keeps_the_old_set(tmp_path, monkeypatch):
+    out = tmp_path / "set"
+    SynthFaceSource(seed=1, workers=1, **SMALL).generate(out)
+    (out / "mine.txt").write_text("mine")
+    before = tree(out)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tface.core.data.synthface.write_bin", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        SynthFaceSource(seed=2, workers=1, **SMALL).generate(out, overwrite=True)
+    assert tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--identities", -3, "must be >= 2 (a classifier needs at least 2 classes), got -3"),
+    ("--identities", 1, "must be >= 2"),
+    ("--images-per-identity", 0, "must be >= 1, got 0"),
+    ("--val-identities", 1, "must be >= 2 (impostor pairs need two held-out identities), got 1"),
+    ("--val-pairs", 3, "must be a positive even number (half genuine, half impostor pairs), got 3"),
+    ("--val-pairs", 0, "must be a positive even number"),
+    ("--seed", -1, "must be >= 0"),
+    ("--workers", -2, "must be >= 0"),
+])
+def test_synth_options_are_checked_before_anything_is_written(tmp_path, option, value, message):
+    res = synth(tmp_path / "out", option, value)
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '{option}': {message}" in res.output
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_recipe_api_and_cli_share_the_messages():
+    from tface.core.config import ConfigError, structure
+
+    with pytest.raises(ConfigError) as info:
+        structure(SynthFaceSource.Config, {"identities": -3, "val_identities": 1}, "data")
+    assert info.value.problems == ["data.identities: must be >= 2 (a classifier needs at least 2 classes), got -3",
+                                   "data.val_identities: must be >= 2 (impostor pairs need two held-out identities), "
+                                   "got 1"]
+    with pytest.raises(ConfigError, match=r"^identities: must be >= 2 .*got -3$"):
+        SynthFaceSource(identities=-3)

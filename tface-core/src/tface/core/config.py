@@ -19,7 +19,7 @@ import attrs
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "structure", "unstructure", "uses", "closest", "validate_options"]
+__all__ = ["ConfigError", "field_problems", "structure", "unstructure", "uses", "closest", "validate_options"]
 
 
 class ConfigError(ValueError):
@@ -194,20 +194,30 @@ def _structure(cls: type, data: Mapping[str, Any], prefix: str, problems: list[s
     except (ValueError, TypeError) as exc:
         problems.append(f"{prefix or cls.__name__}: {exc}")
         raise _Fail from exc
-    # Run each field's validator on its own, so every failure is reported under its own key path.
-    for field in attrs.fields(cls):
+    for key, message in field_problems(obj):
+        problems.append(f"{prefix + '.' if prefix else ''}{key}: {message}")
+        failed = True
+    if failed:
+        raise _Fail
+    return obj
+
+
+def field_problems(obj: Any) -> list[tuple[str, str]]:
+    """``(key, message)`` for every field of the attrs instance ``obj`` whose validator fails.
+
+    Each validator runs on its own, so every failure is reported under its own key; the recipe loader
+    and command-line front ends (which name the option instead) share the messages.
+    """
+    out = []
+    for field in attrs.fields(type(obj)):
         if field.validator is None:
             continue
-        key = field.alias or field.name
         try:
             field.validator(obj, field, getattr(obj, field.name))
         except (ValueError, TypeError) as exc:
             message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-            problems.append(f"{prefix + '.' if prefix else ''}{key}: {message}")
-            failed = True
-    if failed:
-        raise _Fail
-    return obj
+            out.append((field.alias or field.name, message))
+    return out
 
 
 def structure(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:

@@ -9,11 +9,13 @@ depend on the number of workers. Outputs, under ``OUT``::
     NAME/NAME.index                TFace 3-column pack index: source path, shard, offset
     NAME/classes.tsv               label<TAB>identity, one line per label
     NAME.txt                       4-column training index (written last: its presence means complete)
+    NAME/tface-manifest.txt        the files pack wrote (``--overwrite`` deletes only these)
+
+Everything is built in a temporary sibling and moved into place on success (:mod:`tface.core.outdir`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -30,6 +32,7 @@ from tface.core.data.align import read_landmark_list, similarity_transform, temp
 from tface.core.data.imagelist import ImageList, read_image_list, scan_folder
 from tface.core.data.index import check_record_name
 from tface.core.data.writer import DEFAULT_SHARD_SIZE, ShardWriter
+from tface.core.outdir import OutputExistsError, OutputFolder, SameFileError, check_distinct
 
 __all__ = ["PackError", "PackReport", "pack", "encode_face", "ON_ERROR"]
 
@@ -141,28 +144,6 @@ def _landmarks_for(images: ImageList, table: dict[str, np.ndarray]) -> tuple[lis
     return found, len(table) - len(used)
 
 
-def _clear(out_dir: Path, name: str, overwrite: bool) -> None:
-    folder = out_dir / name
-    old = [out_dir / f"{name}.txt", folder / f"{name}.index", folder / "classes.tsv"]
-    old += sorted(folder.glob(f"{name}-*.tfrecord")) if folder.is_dir() else []
-    present = [p for p in old if p.exists()]
-    if not present:
-        return
-    if not overwrite:
-        raise PackError(f"{present[0]} already exists: choose another name, or overwrite it (--overwrite)")
-    for p in present:
-        p.unlink()
-
-
-def _remove_outputs(out_dir: Path, name: str) -> None:
-    folder = out_dir / name
-    for p in [out_dir / f"{name}.txt", folder / f"{name}.index", folder / "classes.tsv",
-              *(sorted(folder.glob(f"{name}-*.tfrecord")) if folder.is_dir() else [])]:
-        p.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty (the user's own files) or already gone
-        folder.rmdir()
-
-
 def _pool(workers: int):
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return mp.get_context(method).Pool(workers)
@@ -195,7 +176,15 @@ def pack(source: str | os.PathLike | ImageList, out_dir: str | os.PathLike, name
     else:
         points, unused = [None] * len(images), 0
     out_dir = Path(out_dir)
-    _clear(out_dir, name, overwrite)
+    output = OutputFolder(out_dir / name, overwrite=overwrite, companions=[f"{name}.txt"])
+    try:
+        check_distinct({"the output folder": output.target, "the index": out_dir / f"{name}.txt"},
+                       {"source": source if not isinstance(source, ImageList) else None, "landmarks":
+                        landmarks if isinstance(landmarks, (str, os.PathLike)) else None},
+                       folders=["the output folder"])
+        output.check()
+    except (OutputExistsError, SameFileError) as exc:
+        raise PackError(str(exc)) from None
 
     jobs: list[tuple[str, np.ndarray | None, int]] = []
     skipped: list[tuple[str, str]] = []
@@ -213,31 +202,35 @@ def pack(source: str | os.PathLike | ImageList, out_dir: str | os.PathLike, name
     workers = workers or os.cpu_count() or 1
     pool = _pool(workers) if workers > 1 and len(jobs) > 1 else None
     try:
-        results: Iterator = (pool.imap(_job, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers))))
-                             if pool is not None else map(_job, jobs))
-        if progress is not None:
-            results = iter(progress(results, len(jobs)))
-        with ShardWriter(out_dir, name, shard_size=shard_size, pack_index=True, extra_keys=extra_keys) as writer:
-            labels_written: set[int] = set()
-            for i, (ok, payload, pts) in zip(keep, results):
-                if not ok:
-                    if on_error == "error":
-                        raise PackError(f"{images.where(i)}: {payload}")
-                    skipped.append((images.paths[i], payload))
-                    continue
-                label = int(images.labels[i])
-                writer.add(payload, label, path=images.paths[i],
-                           landmarks=pts.ravel().tolist() if pts is not None else None)
-                labels_written.add(label)
-            if not writer.rows:
-                shown = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
-                raise PackError(f"no image could be packed ({len(skipped)} skipped: {shown}"
-                                f"{' ...' if len(skipped) > 3 else ''})")
-            shards = sorted({row[1] for row in writer.rows})
-            _write_classes(out_dir / name / "classes.tsv", images.classes)
-    except BaseException:
-        _remove_outputs(out_dir, name)  # a failed pack leaves nothing that looks like a data set
-        raise
+        # built in a temporary sibling of OUT/NAME and moved into place only when complete, so a failed
+        # pack (even with --overwrite) leaves the old data set and everything else in OUT as they were
+        with output:
+            results: Iterator = (pool.imap(_job, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers))))
+                                 if pool is not None else map(_job, jobs))
+            if progress is not None:
+                results = iter(progress(results, len(jobs)))
+            assert output.staging is not None
+            with ShardWriter(output.staging, name, shard_size=shard_size, pack_index=True,
+                             extra_keys=extra_keys) as writer:
+                labels_written: set[int] = set()
+                for i, (ok, payload, pts) in zip(keep, results):
+                    if not ok:
+                        if on_error == "error":
+                            raise PackError(f"{images.where(i)}: {payload}")
+                        skipped.append((images.paths[i], payload))
+                        continue
+                    label = int(images.labels[i])
+                    writer.add(payload, label, path=images.paths[i],
+                               landmarks=pts.ravel().tolist() if pts is not None else None)
+                    labels_written.add(label)
+                if not writer.rows:
+                    shown = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+                    raise PackError(f"no image could be packed ({len(skipped)} skipped: {shown}"
+                                    f"{' ...' if len(skipped) > 3 else ''})")
+                shards = sorted({row[1] for row in writer.rows})
+                _write_classes(output.path / "classes.tsv", images.classes)
+    except OutputExistsError as exc:  # something appeared in the way during the build
+        raise PackError(str(exc)) from None
     finally:
         if pool is not None:
             pool.terminate()

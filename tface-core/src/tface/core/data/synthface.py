@@ -12,7 +12,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,18 +20,38 @@ import attrs
 import numpy as np
 from PIL import Image
 
+from tface.core.config import ConfigError, field_problems
 from tface.core.data import synthrender
 from tface.core.data.binfile import write_bin
 from tface.core.data.dataset import IndexedTFRecordDataset
 from tface.core.data.source import DatasetSource, Transform
 from tface.core.data.writer import ShardWriter
 from tface.core.fsutil import atomic_write_bytes
+from tface.core.outdir import OutputFolder
 
 __all__ = ["SynthFaceSource", "SynthPaths", "default_cache_root"]
 
 RECORD_NAME = "synthface"
 MANIFEST = "synthface.json"
-_pos = attrs.validators.gt(0)
+
+
+def _at_least(low: int, why: str = ""):
+    def check(_inst: object, _attr: attrs.Attribute, value: int) -> None:
+        if value < low:
+            raise ValueError(f"must be >= {low}{f' ({why})' if why else ''}, got {value}")
+    return check
+
+
+def _within(low: float, high: float):
+    def check(_inst: object, _attr: attrs.Attribute, value: float) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+    return check
+
+
+def _even_pairs(_inst: object, _attr: attrs.Attribute, value: int) -> None:
+    if value <= 0 or value % 2:
+        raise ValueError(f"must be a positive even number (half genuine, half impostor pairs), got {value}")
 
 
 def default_cache_root() -> Path:
@@ -74,19 +93,32 @@ class SynthFaceSource(DatasetSource):
 
     @attrs.define
     class Config:
-        seed: int = 0
-        identities: int = attrs.field(default=400, validator=attrs.validators.ge(2))
-        images_per_identity: int = attrs.field(default=30, validator=_pos)
-        val_identities: int = attrs.field(default=200, validator=attrs.validators.ge(2))
-        val_pairs: int = attrs.field(default=2000, validator=[_pos, lambda _s, _a, v: _even(v)])
-        hard_fraction: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+        seed: int = attrs.field(default=0, validator=_at_least(0, "it seeds numpy's SeedSequence"))
+        identities: int = attrs.field(default=400, validator=_at_least(2, "a classifier needs at least 2 classes"))
+        images_per_identity: int = attrs.field(default=30, validator=_at_least(1))
+        val_identities: int = attrs.field(
+            default=200, validator=_at_least(2, "impostor pairs need two held-out identities"))
+        val_pairs: int = attrs.field(default=2000, validator=_even_pairs)
+        hard_fraction: float = attrs.field(default=0.5, validator=_within(0, 1))
         cache_dir: Path | None = None
-        workers: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-        jpeg_quality: int = attrs.field(default=95, validator=[attrs.validators.ge(1), attrs.validators.le(100)])
+        workers: int = attrs.field(default=0, validator=_at_least(0, "0 = one per CPU core"))
+        jpeg_quality: int = attrs.field(default=95, validator=_within(1, 100))
+
+    @classmethod
+    def problems(cls, **options: object) -> list[tuple[str, str]]:
+        """``(option, message)`` for every invalid option: one set of rules for recipes, CLI and API."""
+        with attrs.validators.disabled():
+            config = cls.Config(**options)
+        return field_problems(config)
 
     def __init__(self, seed: int = 0, identities: int = 400, images_per_identity: int = 30,
                  val_identities: int = 200, val_pairs: int = 2000, hard_fraction: float = 0.5,
                  cache_dir: Path | None = None, workers: int = 0, jpeg_quality: int = 95):
+        problems = self.problems(seed=seed, identities=identities, images_per_identity=images_per_identity,
+                                 val_identities=val_identities, val_pairs=val_pairs, hard_fraction=hard_fraction,
+                                 workers=workers, jpeg_quality=jpeg_quality)
+        if problems:
+            raise ConfigError([f"{key}: {message}" for key, message in problems])
         self.seed, self.identities, self.images_per_identity = seed, identities, images_per_identity
         self.val_identities, self.val_pairs, self.hard_fraction = val_identities, val_pairs, hard_fraction
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -130,50 +162,47 @@ class SynthFaceSource(DatasetSource):
             return map(fn, jobs)
         return pool.imap(fn, jobs, chunksize=max(1, len(jobs) // (8 * self.workers)))
 
-    def generate(self, root: Path | None = None) -> SynthPaths:
+    def generate(self, root: Path | None = None, *, overwrite: bool | None = None) -> SynthPaths:
         """Write shards, index, ``.bin`` and manifest into ``root`` (default: the cache folder).
 
-        Output is assembled in a temporary sibling folder and renamed into place, so an interrupted or
-        concurrent generation never leaves a half-written data set behind.
+        A folder that already holds this exact set is reused. Otherwise output is assembled in a
+        temporary sibling and moved into place (:class:`~tface.core.outdir.OutputFolder`), so an
+        interrupted or concurrent generation never leaves a half-written set behind. A non-empty
+        ``root`` is refused (:class:`~tface.core.outdir.OutputExistsError`) unless ``overwrite``, which
+        replaces only the files tface wrote there; the cache folder (``root=None``) is tface's own,
+        so ``overwrite`` defaults to true for it.
         """
         final = Path(root) if root is not None else self.folder()
         if self.is_complete(final):
             return self.paths(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        pool = self._pool()
-        try:
-            with ShardWriter(tmp, RECORD_NAME) as writer:
-                jobs = [(self.seed, i, self.images_per_identity, self.jpeg_quality) for i in range(self.identities)]
-                for label, images in enumerate(self._map(pool, _render_identity, jobs)):
-                    for data in images:
-                        writer.add(data, label)
-            chunk = max(2, self.val_pairs // (4 * self.workers))
-            jobs = [(self.seed, self.val_identities, self.val_pairs, self.hard_fraction, s,
-                     min(s + chunk, self.val_pairs), self.jpeg_quality) for s in range(0, self.val_pairs, chunk)]
-            images: list[bytes] = []
-            issame: list[bool] = []
-            for part in self._map(pool, _render_pairs, jobs):
-                for a, b, same in part:
-                    images += [a, b]
-                    issame.append(same)
-            paths = self.paths(tmp)
-            write_bin(paths.bin, images, issame)
+        output = OutputFolder(final, overwrite=root is None if overwrite is None else overwrite, last=[MANIFEST])
+        with output:
+            pool = self._pool()
+            try:
+                tmp = output.path
+                with ShardWriter(tmp, RECORD_NAME) as writer:
+                    jobs = [(self.seed, i, self.images_per_identity, self.jpeg_quality)
+                            for i in range(self.identities)]
+                    for label, images in enumerate(self._map(pool, _render_identity, jobs)):
+                        for data in images:
+                            writer.add(data, label)
+                chunk = max(2, self.val_pairs // (4 * self.workers))
+                jobs = [(self.seed, self.val_identities, self.val_pairs, self.hard_fraction, s,
+                         min(s + chunk, self.val_pairs), self.jpeg_quality) for s in range(0, self.val_pairs, chunk)]
+                pairs: list[bytes] = []
+                issame: list[bool] = []
+                for part in self._map(pool, _render_pairs, jobs):
+                    for a, b, same in part:
+                        pairs += [a, b]
+                        issame.append(same)
+            finally:
+                if pool is not None:
+                    pool.close()
+                    pool.join()
+            write_bin(self.paths(tmp).bin, pairs, issame)
             atomic_write_bytes(tmp / MANIFEST, (json.dumps(self._manifest(), indent=2) + "\n").encode())
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
-        if final.exists() and not self.is_complete(final):
-            shutil.rmtree(final)  # an incomplete leftover from an older crash
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished first; its bytes are identical
-            shutil.rmtree(tmp, ignore_errors=True)
+            if self.is_complete(final):
+                output.discard()  # another process finished first; its bytes are identical
         return self.paths(final)
 
     def train_dataset(self, transform: Transform | None = None) -> IndexedTFRecordDataset:
@@ -182,8 +211,3 @@ class SynthFaceSource(DatasetSource):
 
     def eval_sets(self) -> dict[str, dict[str, Path]]:
         return {"verification": {"synthface-val": self.generate().bin}}
-
-
-def _even(v: int) -> None:
-    if v % 2:
-        raise ValueError(f"val_pairs must be even (half genuine, half impostor), got {v}")

@@ -65,17 +65,36 @@ def check_shards_exist(index: Index, n: int | None = None) -> None:
 
 
 def unpack(index: Index, out_dir: str | os.PathLike, *, limit: int | None = None, image_key: str = "image",
+           overwrite: bool = False,
            progress: Callable[[Iterable[int], int], Iterable[int]] | None = None) -> UnpackResult:
     """Write the first ``limit`` (default: all) samples of ``index`` under ``out_dir``.
 
-    Raises :class:`IndexFormatError` for a missing shard and :class:`RecordError` naming the shard,
-    offset and index line of the first bad record.
+    ``out_dir`` must be new or empty unless ``overwrite`` (which replaces only what tface wrote there);
+    the files are written in a temporary sibling and moved in when all are done
+    (:class:`~tface.core.outdir.OutputFolder`). Raises :class:`~tface.core.outdir.OutputExistsError`
+    or :class:`~tface.core.outdir.SameFileError` (``out_dir`` holds the index or a shard) before
+    writing anything, :class:`IndexFormatError` for a missing shard and :class:`RecordError` naming the
+    shard, offset and index line of the first bad record.
     """
     from tface.core.fsutil import atomic_write_bytes
+    from tface.core.outdir import OutputFolder, check_distinct
 
-    out_dir = Path(out_dir)
     n = len(index) if limit is None else min(limit, len(index))
+    shards = {f"shard {p}": p for p in sorted({index.files[f] for f in np.unique(index.file_id[:n]).tolist()})}
+    check_distinct({"OUT_DIR": out_dir}, {"INDEX": index.path, **shards}, folders=["OUT_DIR"])
+    output = OutputFolder(out_dir, overwrite=overwrite, last=[TSV_NAME])
+    output.check()
     check_shards_exist(index, n)
+    with output:
+        total, labels, table = _unpack_into(index, output.path, n, image_key, progress)
+        atomic_write_bytes(output.path / TSV_NAME, table.encode("utf-8"))
+    out_dir = Path(out_dir)
+    return UnpackResult(out_dir, n, total, labels, out_dir / TSV_NAME)
+
+
+def _unpack_into(index: Index, out_dir: Path, n: int, image_key: str,
+                 progress: Callable[[Iterable[int], int], Iterable[int]] | None) -> tuple[int, int, str]:
+    """Write the first ``n`` images under ``out_dir``; returns (bytes, labels, the unpacked.tsv text)."""
     rows: Iterable[int] = range(n)
     if progress is not None:
         rows = progress(rows, n)
@@ -114,6 +133,4 @@ def unpack(index: Index, out_dir: str | os.PathLike, *, limit: int | None = None
     finally:
         for f in handles.values():
             f.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tsv = atomic_write_bytes(out_dir / TSV_NAME, "".join(lines).encode("utf-8"))
-    return UnpackResult(out_dir, n, total, len(labels), tsv)
+    return total, len(labels), "".join(lines)

@@ -54,6 +54,8 @@ def pack_cmd(source: Path, out_dir: Path, name: str, is_list: bool, root: Path |
                       progress=lambda items, n: progress(items, length=n, label="packing"))
     except (PackError, ImageSourceError, IndexFormatError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # the output cannot be written (permissions, disk full)
+        raise click.ClickException(f"{exc.filename or out_dir}: {exc.strerror or exc}") from None
     for path, reason in report.skipped[:SHOW_SKIPPED]:
         click.echo(f"skipped {path}: {reason}", err=True)
     if len(report.skipped) > SHOW_SKIPPED:

@@ -26,6 +26,7 @@ def reindex_cmd(pack_index: Path, label_list: Path, out_index: Path, record_name
 
     Rows follow LABEL_LIST's order, so an index can be cleaned, relabelled or reordered without
     touching the shards. Label-list paths missing from the pack index are reported and skipped.
+    Outputs are written atomically and replace existing files of the same name, but never an input.
     """
     import numpy as np
 
@@ -39,7 +40,13 @@ def reindex_cmd(pack_index: Path, label_list: Path, out_index: Path, record_name
         write_index,
     )
     from tface.core.fsutil import atomic_write_bytes
+    from tface.core.outdir import SameFileError, check_distinct
 
+    try:
+        check_distinct({"OUT_INDEX": out_index, "--unmatched": unmatched_path},
+                       {"PACK_INDEX": pack_index, "LABEL_LIST": label_list})
+    except SameFileError as exc:
+        raise click.UsageError(str(exc)) from None
     name = record_name if record_name is not None else pack_index.name.removesuffix(".index")
     try:
         check_record_name(name)

@@ -35,21 +35,29 @@ def subset_cmd(index_path: Path, out_index: Path, root: Path | None, identities:
     Identities are filtered by --min-images, then restricted to --identity-list or to --identities
     random ones; each kept identity keeps --fraction of its images, then at most --max-per-identity.
     Rows keep INDEX's order. Labels are renumbered 0..K-1 in increasing order of the old label, with
-    OUT_INDEX.labels.tsv mapping new to old, unless --keep-labels.
+    OUT_INDEX.labels.tsv mapping new to old, unless --keep-labels. Outputs are written atomically and
+    replace existing files of the same name, but never an input (INDEX, the list, a shard).
     """
     import numpy as np
 
     from tface.core.data.index import IndexFormatError, index_rows, read_index, write_index
     from tface.core.data.subset import SubsetError, read_identity_list, select_subset, write_label_map
+    from tface.core.outdir import SameFileError, check_distinct
 
     if identities is not None and identity_list is not None:
         raise click.ClickException("--identities and --identity-list cannot be combined")
+    label_map_path = None if keep_labels else Path(f"{out_index}.labels.tsv")
+    outputs = {"OUT_INDEX": out_index, "the label map": label_map_path}
     try:
+        check_distinct(outputs, {"INDEX": index_path, "--identity-list": identity_list})
         index = read_index(index_path, root)
+        check_distinct(outputs, {f"shard {p}": p for p in index.files})
         wanted = read_identity_list(identity_list) if identity_list is not None else None
         result = select_subset(index, identities=identities, identity_list=wanted, min_images=min_images,
                                max_per_identity=max_per_identity, fraction=fraction, seed=seed,
                                keep_labels=keep_labels)
+    except SameFileError as exc:
+        raise click.UsageError(str(exc)) from None
     except (IndexFormatError, SubsetError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -60,7 +68,8 @@ def subset_cmd(index_path: Path, out_index: Path, root: Path | None, identities:
         ("images", f"{result.images_before} -> {result.images}"),
     ]
     if result.relabelled:
-        label_map = write_label_map(Path(f"{out_index}.labels.tsv"), result.old_labels)
+        assert label_map_path is not None
+        label_map = write_label_map(label_map_path, result.old_labels)
         rows.append(("labels", f"renumbered 0..{result.identities - 1}; new -> old in {label_map}"))
     else:
         rows.append(("labels", sub.label_space().describe()))

@@ -17,18 +17,34 @@ from tface.core.tools.common import summary
 @click.option("--images-per-identity", default=None, type=int)
 @click.option("--val-identities", default=None, type=int, help="Held-out identities for the .bin.")
 @click.option("--val-pairs", default=None, type=int, help="Verification pairs (half genuine).")
-@click.option("--workers", default=0, show_default=True, help="Processes (0 = one per CPU core).")
+@click.option("--workers", default=0, show_default=True, type=int, help="Processes (0 = one per CPU core).")
+@click.option("--overwrite", is_flag=True,
+              help="Write into a non-empty OUT_DIR: replaces the files tface wrote there, keeps all others.")
 def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_identity: int | None,
-              val_identities: int | None, val_pairs: int | None, workers: int) -> None:
-    """Generate a SynthFace data set: TFRecord shards + index, and a verification .bin."""
+              val_identities: int | None, val_pairs: int | None, workers: int, overwrite: bool) -> None:
+    """Generate a SynthFace data set: TFRecord shards + index, and a verification .bin.
+
+    OUT_DIR must be new or empty (or already hold this very set, which is then reused); --overwrite
+    lets it hold other files, and deletes only those listed in its tface-manifest.txt.
+    """
     from tface.core.data.synthface import SynthFaceSource
+    from tface.core.outdir import OutputExistsError
 
     opts = {k: v for k, v in {"identities": identities, "images_per_identity": images_per_identity,
                               "val_identities": val_identities, "val_pairs": val_pairs}.items() if v is not None}
+    for key, message in SynthFaceSource.problems(seed=seed, workers=workers, **opts):
+        raise click.BadParameter(message, param_hint=f"'--{key.replace('_', '-')}'")
     source = SynthFaceSource(seed=seed, cache_dir=out_dir, workers=workers, **opts)
     t0 = time.perf_counter()
-    paths = source.generate(out_dir)
-    summary(f"wrote {paths.index} and {paths.bin} in {time.perf_counter() - t0:.1f}s", [
+    reused = source.is_complete(out_dir)
+    try:
+        paths = source.generate(out_dir, overwrite=overwrite)
+    except OutputExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or out_dir}: {exc.strerror or exc}") from None
+    verb = "found a complete set: reused" if reused else "wrote"
+    summary(f"{verb} {paths.index} and {paths.bin} in {time.perf_counter() - t0:.1f}s", [
         ("identities", source.identities),
         ("images", source.identities * source.images_per_identity),
         ("verification pairs", source.val_pairs),
