@@ -36,7 +36,7 @@ from tface.core.data.image import (
     image_size,
     max_image_pixels,
 )
-from tface.core.data.imagelist import scan_folder
+from tface.core.data.imagelist import ImageSourceError, scan_folder
 from tface.core.data.pack import PackError, pack
 from tface.core.data.pairs import load_pair_images, read_pair_list
 from tface.core.data.tfrecord import bytes_feature
@@ -446,6 +446,19 @@ def test_scan_accepts_every_decoder_format_and_reports_what_it_ignores(mixed):
     assert len(notes) == 2
     assert "3 files ignored" in notes[0] and "bob/notes.txt, cid/readme.md ..." in notes[0]
     assert "1 identity folders hold no image" in notes[1] and "cid" in notes[1]
+
+
+def test_a_folder_without_readable_images_names_what_it_found(tmp_path):
+    write(tmp_path / "faces" / "ann" / "1.heic", b"....ftypheic")
+    write(tmp_path / "faces" / "ann" / "2.heic", b"....ftypheic")
+    with pytest.raises(ImageSourceError, match=r"no images found .*pgm.*; 2 other files, e.g. ann/1\.heic, ann/2"):
+        scan_folder(tmp_path / "faces")
+
+
+def test_a_bad_pixel_limit_fails_when_the_data_set_is_built(mixed, monkeypatch):
+    monkeypatch.setenv(MAX_PIXELS_ENV, "0")
+    with pytest.raises(ValueError, match=f"{MAX_PIXELS_ENV} must be a positive integer"):
+        ImageFolderSource(root=mixed).train_dataset()
 
 
 def test_image_folder_source_reads_16_bit_and_netpbm_and_warns(mixed, caplog):
