@@ -79,6 +79,15 @@ def _torchvision():
     return _tv
 
 
+def _open(data: bytes):
+    """Pillow's lazy ``Image.open`` (header only); its bomb warning is replaced by our stricter check."""
+    from PIL import Image
+
+    with warnings.catch_warnings():  # not thread-safe, but tface decodes in processes, never in threads
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
 def max_image_pixels(max_pixels: int | None = None) -> int:
     """The pixel limit in force: ``max_pixels``, else ``$TFACE_MAX_IMAGE_PIXELS``, else the default."""
     if max_pixels is not None:
@@ -175,10 +184,8 @@ def image_size(data: bytes) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                return im.size
+        with _open(data) as im:
+            return im.size
     except Image.DecompressionBombError as exc:
         raise _pillow_bomb(exc, None) from None
     except Image.UnidentifiedImageError:
@@ -235,12 +242,10 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = None) -> torch.Tensor:
 
 
 def _decode_pillow(data: bytes, limit: int) -> torch.Tensor:
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+        im = _open(data)
     except Image.DecompressionBombError as exc:
         raise _pillow_bomb(exc, limit) from None
     except Image.UnidentifiedImageError:
@@ -249,14 +254,17 @@ def _decode_pillow(data: bytes, limit: int) -> torch.Tensor:
         raise ImageDecodeError(f"cannot read the image header: {_reason(exc)}") from None
     with im:
         _check_size(im.size[0], im.size[1], limit)
+        what = f"{im.format or 'image'} ({im.mode})"
         try:
             if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation (getexif loads a PNG to find eXIf)
+                from PIL import ImageOps
+
                 im = ImageOps.exif_transpose(im)
             arr = _pillow_rgb(im)
         except ImageDecodeError:
             raise
         except Exception as exc:  # truncated data, bad EXIF, unsupported mode, ...
-            raise ImageDecodeError(f"cannot decode {im.format or 'image'} ({im.mode}): {_reason(exc)}") from None
+            raise ImageDecodeError(f"cannot decode {what}: {_reason(exc)}") from None
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a writable copy, laid out as torchvision's
 
 
