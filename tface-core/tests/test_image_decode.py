@@ -278,6 +278,28 @@ def test_exif_orientation_is_applied_in_every_format(fmt, kw):
     np.testing.assert_array_equal(as_hwc(decode_rgb(with_orientation(fmt, a, **kw))), np.rot90(a, k=-1))
 
 
+def test_an_older_torchvision_leaves_webp_and_exif_jpeg_to_pillow(monkeypatch):
+    """torchvision < 0.20 has no WebP decoder, and older ones no EXIF orientation: same pixels via Pillow."""
+    decode_image, kwargs, _, _ = image_mod._torchvision()
+    calls = []
+
+    def old_decode(buf, mode):
+        calls.append(mode)
+        return decode_image(buf, mode=mode)
+
+    monkeypatch.setattr(image_mod, "_tv", (old_decode, {"mode": kwargs["mode"]}, False, False))
+    a = RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(as_hwc(decode_rgb(encode(Image.fromarray(a), "WEBP", lossless=True))), a)
+    rotated = with_orientation("JPEG", smooth(), quality=95)
+    with Image.open(io.BytesIO(rotated)) as im:
+        stored = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(as_hwc(decode_rgb(rotated)).astype(int) - np.rot90(stored, k=-1)).max() <= 2
+    assert calls == []
+    plain = encode(Image.fromarray(smooth()), "JPEG", quality=95)
+    assert np.abs(as_hwc(decode_rgb(plain)).astype(int) - pillow_rgb(plain)).max() <= 2
+    assert len(calls) == 1  # a JPEG without EXIF still takes the fast path
+
+
 # --- size limit (decompression bombs) -----------------------------------------------------------------
 
 
@@ -287,7 +309,7 @@ def no_decoding(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("pixels were decoded")
 
-    monkeypatch.setattr(image_mod, "_tv", (boom, None))
+    monkeypatch.setattr(image_mod, "_tv", (boom, {}, True, True))
     monkeypatch.setattr(ImageFile.ImageFile, "load", boom)
 
 

@@ -5,7 +5,8 @@ training loader, ``tface data bin``/``verify``, verification and IJB evaluation 
 :func:`decode_rgb`, so a file that works in one works in all, with the same pixels:
 
 * JPEG (including grayscale and CMYK) and WebP go to torchvision (libjpeg-turbo, libwebp): the fastest
-  decoders available, pixel-identical to Pillow on JPEG; the training loader's records are JPEGs.
+  decoders available, pixel-identical to Pillow on JPEG; the training loader's records are JPEGs. A
+  torchvision without a WebP decoder (< 0.20) or without EXIF orientation leaves those files to Pillow.
 * Everything else goes to Pillow: PNG (torchvision 0.29's libpng wrapper crashes the process with a
   segmentation fault on any data error after the header — a CRC mismatch, a bad filter byte, short image
   data — so a damaged file would kill a training run instead of being reported), BMP, PGM/PPM/PBM, TIFF,
@@ -67,15 +68,20 @@ class ImageTooLargeError(ImageDecodeError):
 
 _CPP_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
-_tv = None  # (decode_image, ImageReadMode.RGB) once torchvision is imported
+_tv = None  # (decode_image, its keyword arguments, WebP supported, EXIF supported) once imported
 
 
 def _torchvision():
+    """torchvision's decoder and what this version can do (WebP from 0.20; EXIF orientation in recent ones)."""
     global _tv
     if _tv is None:
-        from torchvision.io import ImageReadMode, decode_image
+        import inspect
 
-        _tv = (decode_image, ImageReadMode.RGB)
+        import torchvision.io as tio
+
+        exif = "apply_exif_orientation" in inspect.signature(tio.decode_image).parameters
+        kwargs = {"mode": tio.ImageReadMode.RGB, **({"apply_exif_orientation": True} if exif else {})}
+        _tv = (tio.decode_image, kwargs, hasattr(tio, "decode_webp"), exif)
     return _tv
 
 
@@ -229,14 +235,16 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = None) -> torch.Tensor:
     kind = _kind(data)
     if kind == "other":
         return _decode_pillow(data, limit)
+    decode_image, kwargs, webp_ok, exif_ok = _torchvision()
+    if (kind == "webp" and not webp_ok) or (not exif_ok and kind == "jpeg" and b"Exif\0\0" in data[:65536]):
+        return _decode_pillow(data, limit)  # an older torchvision: no WebP, or no EXIF orientation
     size = _header_size(data, kind)
     if size is None:  # a header we cannot parse: Pillow reads it (or says why it cannot)
         size = image_size(data)
     _check_size(size[0], size[1], limit)
-    decode_image, rgb = _torchvision()
     buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        return decode_image(buf, mode=rgb, apply_exif_orientation=True)
+        return decode_image(buf, **kwargs)
     except (RuntimeError, ValueError) as exc:
         raise ImageDecodeError(_CPP_PREFIX.sub("", str(exc)).split(" For avif")[0]) from None
 
