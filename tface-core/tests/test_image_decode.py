@@ -591,3 +591,20 @@ def test_fresh_process_lazy_imports_and_damaged_png_is_an_error_not_a_crash():
                          input=repr(blobs), capture_output=True, text=True)
     assert res.returncode == 0, f"exit {res.returncode}: {res.stderr[-800:]}"
     assert [line.split()[:2] for line in res.stdout.splitlines()] == [[n, "error"] for n in CORRUPT_PNG]
+
+
+def test_pack_writes_the_same_bytes_as_the_pillow_pipeline_for_ordinary_jpegs(tmp_path):
+    """Records of plain JPEG/PNG inputs are unchanged by the switch of decoder (libjpeg-turbo either way)."""
+    sources = {}
+    for k, (fmt, sub) in enumerate([("JPEG", 0), ("JPEG", 2), ("JPEG", 1), ("PNG", None)]):
+        kw = {"quality": 90, "subsampling": sub} if fmt == "JPEG" else {}
+        data = encode(Image.fromarray(smooth(112, 112, seed=k)), fmt, **kw)
+        sources[f"id{k}/{k}.{fmt.lower()}"] = write(tmp_path / "faces" / f"id{k}" / f"{k}.{fmt.lower()}", data)
+    pack(tmp_path / "faces", tmp_path / "out", "f")
+    shard = (tmp_path / "out" / "f" / "f-00000.tfrecord").read_bytes()
+    for row in (tmp_path / "out" / "f" / "f.index").read_text().splitlines():
+        path, _, offset = row.split("\t")
+        (length,) = struct.unpack("<Q", shard[int(offset):int(offset) + 8])
+        stored = bytes_feature(shard[int(offset) + 12:int(offset) + 12 + length], "image")
+        with Image.open(sources[path]) as im:  # what pack did before: Pillow decode, Pillow encode
+            assert stored == encode(im.convert("RGB"), "JPEG", quality=95), path
