@@ -280,14 +280,15 @@ def test_exif_orientation_is_applied_in_every_format(fmt, kw):
 
 def test_an_older_torchvision_leaves_webp_and_exif_jpeg_to_pillow(monkeypatch):
     """torchvision < 0.20 has no WebP decoder, and older ones no EXIF orientation: same pixels via Pillow."""
-    decode_image, kwargs, _, _ = image_mod._torchvision()
+    from torchvision.io import ImageReadMode, decode_image
+
     calls = []
 
-    def old_decode(buf, mode):
-        calls.append(mode)
-        return decode_image(buf, mode=mode)
+    def old_decode(buf):
+        calls.append(len(buf))
+        return decode_image(buf, mode=ImageReadMode.RGB)  # no EXIF orientation
 
-    monkeypatch.setattr(image_mod, "_tv", (old_decode, {"mode": kwargs["mode"]}, False, False))
+    monkeypatch.setattr(image_mod, "_tv", (old_decode, False, False))
     a = RNG.integers(0, 256, (H, W, 3), dtype=np.uint8)
     np.testing.assert_array_equal(as_hwc(decode_rgb(encode(Image.fromarray(a), "WEBP", lossless=True))), a)
     rotated = with_orientation("JPEG", smooth(), quality=95)
@@ -309,7 +310,7 @@ def no_decoding(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("pixels were decoded")
 
-    monkeypatch.setattr(image_mod, "_tv", (boom, {}, True, True))
+    monkeypatch.setattr(image_mod, "_tv", (boom, True, True))
     monkeypatch.setattr(ImageFile.ImageFile, "load", boom)
 
 

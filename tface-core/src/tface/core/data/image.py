@@ -68,11 +68,11 @@ class ImageTooLargeError(ImageDecodeError):
 
 _CPP_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
-_tv = None  # (decode_image, its keyword arguments, WebP supported, EXIF supported) once imported
+_tv = None  # (decode(buf) -> tensor, WebP supported, EXIF supported) once torchvision is imported
 
 
 def _torchvision():
-    """torchvision's decoder and what this version can do (WebP from 0.20; EXIF orientation in recent ones)."""
+    """torchvision's RGB decoder and what this version can do (WebP from 0.20; EXIF orientation)."""
     global _tv
     if _tv is None:
         import inspect
@@ -80,8 +80,21 @@ def _torchvision():
         import torchvision.io as tio
 
         exif = "apply_exif_orientation" in inspect.signature(tio.decode_image).parameters
-        kwargs = {"mode": tio.ImageReadMode.RGB, **({"apply_exif_orientation": True} if exif else {})}
-        _tv = (tio.decode_image, kwargs, hasattr(tio, "decode_webp"), exif)
+        rgb = tio.ImageReadMode.RGB
+        op = getattr(getattr(torch.ops, "image", None), "decode_image", None)
+        if op is not None:
+            # The registered op ``decode_image`` wraps, minus the wrapper's per-call usage logging and
+            # deprecation warning (~5 us of a ~95 us 112x112 JPEG decode on the training hot path).
+            args = (rgb.value, True) if exif else (rgb.value,)
+
+            def decode(buf: torch.Tensor) -> torch.Tensor:
+                return op(buf, *args)
+        else:
+            kwargs = {"mode": rgb, **({"apply_exif_orientation": True} if exif else {})}
+
+            def decode(buf: torch.Tensor) -> torch.Tensor:
+                return tio.decode_image(buf, **kwargs)
+        _tv = (decode, hasattr(tio, "decode_webp"), exif)
     return _tv
 
 
@@ -235,7 +248,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = None) -> torch.Tensor:
     kind = _kind(data)
     if kind == "other":
         return _decode_pillow(data, limit)
-    decode_image, kwargs, webp_ok, exif_ok = _torchvision()
+    decode, webp_ok, exif_ok = _torchvision()
     if (kind == "webp" and not webp_ok) or (not exif_ok and kind == "jpeg" and b"Exif\0\0" in data[:65536]):
         return _decode_pillow(data, limit)  # an older torchvision: no WebP, or no EXIF orientation
     size = _header_size(data, kind)
@@ -244,7 +257,7 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = None) -> torch.Tensor:
     _check_size(size[0], size[1], limit)
     buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        return decode_image(buf, **kwargs)
+        return decode(buf)
     except (RuntimeError, ValueError) as exc:
         raise ImageDecodeError(_CPP_PREFIX.sub("", str(exc)).split(" For avif")[0]) from None
 
