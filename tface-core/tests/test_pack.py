@@ -99,6 +99,7 @@ def test_scan_folder(folder):
     assert images.labels.tolist() == LABELS
     assert images.classes == {0: "alice", 1: "bob", 2: "carol"}
     assert images.empty == ("empty",)
+    assert images.ignored == ("alice/readme.txt", "empty/notes.txt", "stray.png")  # hidden files stay silent
     assert images.file(6) == folder / "carol" / "x.webp"
     with pytest.raises(ImageSourceError, match="not a folder"):
         scan_folder(folder / "nope")
@@ -346,6 +347,7 @@ def test_cli_pack(folder, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"packed 7 images into {out / 'faces'}" in res.output
     assert "identities" in res.output and "shards" in res.output and "empty folders" in res.output
+    assert "ignored files" in res.output and "alice/readme.txt, empty/notes.txt, stray.png" in res.output
     assert len(tface_read(out, out / "faces.txt")) == 7
 
     res = runner.invoke(cli, ["data", "pack", str(folder), str(out), "--name", "faces"])

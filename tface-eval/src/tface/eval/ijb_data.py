@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tface.core.data.align import align_face
-from tface.core.data.image import decode_rgb
+from tface.core.data.image import ImageDecodeError, decode_rgb
 
 __all__ = [
     "IJBFormatError",
@@ -544,7 +544,7 @@ class IJBImages(Dataset):
             ) from None
         try:
             img = decode_rgb(data)
-        except RuntimeError as exc:
+        except ImageDecodeError as exc:
             raise IJBFormatError(f"{path}: cannot decode ({exc}); listed at {self.points_lines.where(i)}") from None
         try:
             crop = align_face(img.permute(1, 2, 0).numpy(), self.landmarks[i].astype(np.float64), self.size)

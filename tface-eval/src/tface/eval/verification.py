@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tface.core.data.binfile import BinFormatError, read_bin
-from tface.core.data.image import decode_rgb, normalize
+from tface.core.data.image import ImageDecodeError, decode_rgb, normalize
 from tface.core.protocol import EvalContext, Result
 from tface.eval.metrics import exact_accuracy, pair_distances, verification_metrics
 
@@ -71,7 +71,7 @@ def load_crops(
     for i in range(start, stop):
         try:
             img = decode_rgb(images[i])
-        except Exception as exc:  # torchvision raises RuntimeError for corrupt data
+        except ImageDecodeError as exc:
             where = f"{source}: " if source is not None else ""
             raise BinFormatError(f"{where}image {i} cannot be decoded: {exc}") from exc
         if tuple(img.shape[-2:]) != (image_size, image_size):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tface.core.data.base import FaceDataset, Transform, resolve_labels
-from tface.core.data.image import decode_rgb
+from tface.core.data.image import ImageDecodeError, decode_rgb, max_image_pixels
 from tface.core.data.index import Index, IndexFormatError, read_index
 from tface.core.data.tfrecord import HEADER, RecordError, bytes_feature, parse_example, pread_record
 
@@ -58,6 +58,7 @@ class IndexedTFRecordDataset(FaceDataset):
                  transform: Transform | None = None, verify_crc: bool = True, image_key: str = "image",
                  on_error: str = "error", label_gaps: str = "warn"):
         super().__init__(transform=transform, on_error=on_error)
+        max_image_pixels()  # a bad TFACE_MAX_IMAGE_PIXELS fails here, not in every loader worker
         self.index = index if isinstance(index, Index) else read_index(index, root)
         self.verify_crc = verify_crc
         self.image_key = image_key
@@ -112,7 +113,7 @@ class IndexedTFRecordDataset(FaceDataset):
         data = self.read_image_bytes(i)
         try:
             return decode_rgb(data)
-        except RuntimeError as exc:
+        except ImageDecodeError as exc:
             raise RecordError(f"{self.where(i)}: cannot decode image: {exc}") from None
 
     def __getstate__(self) -> dict[str, Any]:

@@ -8,37 +8,18 @@ faster (one open file per shard instead of one per image); these sources are for
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import attrs
-import numpy as np
 import torch
 
-from tface.core.data.base import LABEL_GAPS, ON_ERROR, FaceDataset, Transform, resolve_labels
+from tface.core.data.base import LABEL_GAPS, ON_ERROR, FaceDataset, Transform, log, resolve_labels
 from tface.core.data.errors import DataError
-from tface.core.data.image import decode_rgb
+from tface.core.data.image import ImageDecodeError, decode_rgb, max_image_pixels
 from tface.core.data.imagelist import ImageList, read_image_list, scan_folder
 from tface.core.data.source import DatasetSource
 
 __all__ = ["ImageFileDataset", "ImageFolderSource", "ImageListSource"]
-
-
-def _decode(data: bytes) -> torch.Tensor:
-    """torchvision's decoder (JPEG, PNG, WebP, GIF), then Pillow for what it lacks (BMP)."""
-    try:
-        return decode_rgb(data)
-    except (RuntimeError, ValueError) as first:
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Image.UnidentifiedImageError:
-            raise RuntimeError("not a recognised image format (or an empty file)") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            raise first from None
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 class ImageFileDataset(FaceDataset):
@@ -47,6 +28,7 @@ class ImageFileDataset(FaceDataset):
     def __init__(self, images: ImageList, *, image_size: int = 112, transform: Transform | None = None,
                  on_error: str = "error", label_gaps: str = "warn"):
         super().__init__(transform=transform, on_error=on_error)
+        max_image_pixels()  # a bad TFACE_MAX_IMAGE_PIXELS fails here, not in every loader worker
         self.images = images
         self.image_size = image_size
         self.labels_np, self.label_space, self.label_message = resolve_labels(
@@ -62,8 +44,8 @@ class ImageFileDataset(FaceDataset):
         except OSError as exc:
             raise DataError(f"{self.where(i)}: cannot read: {exc.strerror or exc}") from None
         try:
-            img = _decode(data)
-        except (RuntimeError, ValueError) as exc:
+            img = decode_rgb(data)
+        except ImageDecodeError as exc:
             raise DataError(f"{self.where(i)}: cannot decode image: {exc}") from None
         s = self.image_size
         if tuple(img.shape[1:]) != (s, s):
@@ -93,7 +75,10 @@ class ImageFolderSource(DatasetSource):
         self.label_gaps = label_gaps
 
     def train_dataset(self, transform: Transform | None = None) -> ImageFileDataset:
-        return ImageFileDataset(scan_folder(self.root), image_size=self.image_size, transform=transform,
+        images = scan_folder(self.root)
+        for note in images.scan_notes():
+            log.warning("%s", note)
+        return ImageFileDataset(images, image_size=self.image_size, transform=transform,
                                 on_error=self.on_error, label_gaps=self.label_gaps)
 
 

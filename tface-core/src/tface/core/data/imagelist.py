@@ -13,12 +13,10 @@ from pathlib import Path
 import attrs
 import numpy as np
 
+from tface.core.data.image import IMAGE_EXTENSIONS
 from tface.core.data.index import IndexFormatError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageList", "ImageSourceError", "scan_folder", "read_image_list"]
-
-#: File name endings counted as images (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class ImageSourceError(ValueError):
@@ -43,6 +41,8 @@ class ImageList:
     lines: tuple[int, ...] | None = None
     #: identity folders that held no image (skipped: they get no label)
     empty: tuple[str, ...] = ()
+    #: files of a scanned folder left out: not an image format the decoder reads, or directly in the root
+    ignored: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,6 +55,19 @@ class ImageList:
         """The file of image ``i``."""
         p = Path(self.paths[i])
         return p if p.is_absolute() else self.root / p
+
+    def scan_notes(self, shown: int = 3) -> list[str]:
+        """One line each about ignored files and empty identity folders (none for a clean folder)."""
+        notes = []
+        if self.ignored:
+            more = " ..." if len(self.ignored) > shown else ""
+            notes.append(f"{self.source}: {len(self.ignored)} files ignored (not a readable image format, or not "
+                         f"inside an identity folder): {', '.join(self.ignored[:shown])}{more}")
+        if self.empty:
+            more = " ..." if len(self.empty) > shown else ""
+            notes.append(f"{self.source}: {len(self.empty)} identity folders hold no image and get no label: "
+                         f"{', '.join(self.empty[:shown])}{more}")
+        return notes
 
     def where(self, i: int) -> str:
         """``"<file>"``, plus ``(list <file>:<line>)`` for lists, for messages about image ``i``."""
@@ -70,24 +83,29 @@ def _is_image(name: str) -> bool:
 def scan_folder(root: str | os.PathLike) -> ImageList:
     """``root/<identity>/**/<image>``: identities sorted by folder name get labels 0..C-1.
 
-    Images are found by extension (case-insensitive) anywhere below an identity folder and sorted by
-    relative path. Hidden entries (names starting with '.') are ignored. Identity folders without any
-    image get no label and are listed in ``empty``.
+    Images are found by extension (case-insensitive, every format :func:`~tface.core.data.image.decode_rgb`
+    reads) anywhere below an identity folder and sorted by relative path. Hidden entries (names starting
+    with '.') are skipped silently; other files left out (another extension, or directly in ``root``) are
+    listed in ``ignored``. Identity folders without any image get no label and are listed in ``empty``.
     """
     root = Path(root)
     if not root.is_dir():
         raise ImageSourceError(f"{root}: not a folder")
-    identities = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    identities = sorted(e.name for e in entries if e.is_dir())
     paths: list[str] = []
     labels: list[int] = []
     classes: dict[int, str] = {}
     empty: list[str] = []
+    ignored = sorted(e.name for e in entries if not e.is_dir())
     for identity in identities:
         found = []
         for dirpath, dirnames, filenames in os.walk(root / identity):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(root).as_posix()
-            found.extend(f"{rel}/{f}" for f in filenames if _is_image(f) and not f.startswith("."))
+            for f in filenames:
+                if not f.startswith("."):
+                    (found if _is_image(f) else ignored).append(f"{rel}/{f}")
         if not found:
             empty.append(identity)
             continue
@@ -97,12 +115,13 @@ def scan_folder(root: str | os.PathLike) -> ImageList:
         paths.extend(found)
         labels.extend([label] * len(found))
     if not paths:
+        seen = f"; {len(ignored)} other files, e.g. {', '.join(sorted(ignored)[:3])}" if ignored else ""
         raise ImageSourceError(
             f"{root}: no images found (expected one sub-folder per identity holding "
-            f"{', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files)"
+            f"{' '.join(e[1:] for e in IMAGE_EXTENSIONS)} files{seen})"
         )
     return ImageList(root=root, paths=tuple(paths), labels=np.asarray(labels, dtype=np.int64), classes=classes,
-                     source=root, empty=tuple(empty))
+                     source=root, empty=tuple(empty), ignored=tuple(sorted(ignored)))
 
 
 def _split_line(line: str) -> tuple[str, str | None]:

@@ -1,6 +1,6 @@
 """Pack an image folder or image list into TFace TFRecord shards (``tface data pack``).
 
-Per image: read it (EXIF orientation applied, as ``cv2.imread`` does), align it to the 112×112 ArcFace
+Per image: decode it (``decode_rgb``: EXIF orientation applied, as ``cv2.imread`` does), align it to the 112×112 ArcFace
 template when landmarks are given (else it must already be 112×112), and encode it as JPEG. Images are
 processed in a process pool (``imap``, ordered) while the parent alone writes, so the output bytes do not
 depend on the number of workers. Outputs, under ``OUT``::
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import attrs
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from tface.core.data.align import read_landmark_list, similarity_transform, template, transform_points, warp
+from tface.core.data.image import ImageDecodeError, decode_rgb
 from tface.core.data.imagelist import ImageList, read_image_list, scan_folder
 from tface.core.data.index import check_record_name
 from tface.core.data.writer import DEFAULT_SHARD_SIZE, ShardWriter
@@ -69,6 +70,8 @@ class PackReport:
     #: landmark entries that matched no image of the source
     unused_landmarks: int
     seconds: float
+    #: files of a source folder that are no image the decoder reads (or lie outside identity folders)
+    ignored_files: tuple[str, ...] = ()
 
 
 class _Bad(Exception):
@@ -83,24 +86,20 @@ def encode_face(data: bytes, landmarks: np.ndarray | None, *, quality: int = 95,
     or (without landmarks) the image is not ``size``×``size``.
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB")
-    except Image.UnidentifiedImageError:
-        raise ValueError("cannot decode image: not a recognised image format (or an empty file)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        rgb = decode_rgb(data).permute(1, 2, 0).contiguous().numpy()
+    except ImageDecodeError as exc:
         raise ValueError(f"cannot decode image: {exc}") from None
     out_pts = None
     if landmarks is not None:
         pts = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
         matrix = similarity_transform(pts, template(size))
-        rgb = Image.fromarray(warp(rgb, matrix, size))
+        rgb = warp(rgb, matrix, size)
         out_pts = transform_points(matrix, pts)
-    elif rgb.size != (size, size):
-        raise ValueError(f"image is {rgb.size[0]}x{rgb.size[1]}, expected {size}x{size}; "
+    elif rgb.shape[:2] != (size, size):
+        raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]}, expected {size}x{size}; "
                          "pass --landmarks to align it")
     buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=quality)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
     return buf.getvalue(), out_pts
 
 
@@ -242,7 +241,7 @@ def pack(source: str | os.PathLike | ImageList, out_dir: str | os.PathLike, name
         classes_file=out_dir / name / "classes.tsv",
         shards=tuple(out_dir / name / f"{name}-{s:05d}.tfrecord" for s in shards),
         written=len(writer.rows), identities=len(labels_written), classes=images.num_classes,
-        skipped=tuple(skipped), empty_identities=images.empty, unused_landmarks=unused,
+        skipped=tuple(skipped), empty_identities=images.empty, ignored_files=images.ignored, unused_landmarks=unused,
         seconds=time.perf_counter() - t0,
     )
 

@@ -121,7 +121,7 @@ def load_pair_images(pairs: Sequence[Pair], list_path: str | os.PathLike, *, ima
 
     Each distinct file is read and decoded once, however many pairs use it.
     """
-    from tface.core.data.image import decode_rgb
+    from tface.core.data.image import ImageDecodeError, decode_rgb
 
     cache: dict[Path, bytes] = {}
     images: list[bytes] = []
@@ -140,7 +140,7 @@ def load_pair_images(pairs: Sequence[Pair], list_path: str | os.PathLike, *, ima
                     raise PairsError(f"{where} cannot be read: {exc.strerror or exc}") from None
                 try:
                     decoded = decode_rgb(data)
-                except (RuntimeError, ValueError) as exc:
+                except ImageDecodeError as exc:
                     raise PairsError(f"{where} does not decode: {exc}") from None
                 h, w = int(decoded.shape[-2]), int(decoded.shape[-1])
                 if image_size is not None and (h, w) != (image_size, image_size):

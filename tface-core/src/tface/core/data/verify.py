@@ -169,11 +169,11 @@ def _check_payload(payload: bytes, decode: bool, image_key: str) -> str | None:
     if not isinstance(feature, list) or not feature:
         return f"feature {image_key!r} holds no bytes"
     if decode:
-        from tface.core.data.image import decode_rgb
+        from tface.core.data.image import ImageDecodeError, decode_rgb
 
         try:
             decode_rgb(feature[0])
-        except (RuntimeError, ValueError) as exc:
+        except ImageDecodeError as exc:
             return f"cannot decode image ({len(feature[0])} bytes): {exc}"
     return None
 

@@ -75,6 +75,10 @@ def pack_cmd(source: Path, out_dir: Path, name: str, is_list: bool, root: Path |
         rows.append(("empty folders", f"{len(report.empty_identities)} (no label): "
                                       + ", ".join(report.empty_identities[:5])
                                       + (" ..." if len(report.empty_identities) > 5 else "")))
+    if report.ignored_files:
+        rows.append(("ignored files", f"{len(report.ignored_files)} (not an image format tface reads, or outside "
+                                      "identity folders): " + ", ".join(report.ignored_files[:5])
+                                      + (" ..." if len(report.ignored_files) > 5 else "")))
     if report.unused_landmarks:
         rows.append(("unused landmarks", f"{report.unused_landmarks} entries matched no image"))
     summary(f"packed {report.written} images into {report.out_dir / report.name} in {report.seconds:.1f}s", rows)
