@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -16,7 +15,10 @@ __all__ = ["main", "cli"]
 
 
 class _Group(click.Group):
-    """Turn known user errors into one clear line and exit status 2 instead of a traceback."""
+    """Turn known user errors (recipe, registry) into one ``Error: ...`` line and exit status 1, not a traceback.
+
+    A wrong command line (unknown option, bad option value) stays click's usage error, exit status 2.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
@@ -113,25 +115,31 @@ def list_cmd(kind: str | None, as_json: bool, no_check: bool) -> None:
               help="Override a recipe value with a TOML value (repeatable), e.g. --set head.m=0.4")
 @click.option("--dry-run", is_flag=True, help="Build every component, print the resolved recipe, and exit.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder (default: the recipe's output_dir, else runs/<recipe>-<time>).")
-def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None) -> None:
+              help="Run folder (default: the recipe's output_dir, else a new runs/<recipe>-<time>). "
+                   "It must not exist, or be empty, unless --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Reuse a run folder holding an earlier run: delete the files that run listed in its "
+                   "status.json (nothing else), then run.")
+def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None,
+            overwrite: bool) -> None:
     """Train, checkpoint, evaluate and report, as RECIPE says."""
     from tface.core import recipe as recipe_mod
+    from tface.core.train.rundir import RunDirError
     from tface.core.train.trainer import Trainer, TrainingError, build_components
 
     recipe = recipe_mod.load(recipe_path, overrides)
     if dry_run:
         parts = build_components(recipe)
+        parts.check_inputs()
         click.echo(recipe_mod.dumps(recipe).rstrip())
         click.echo("")
         click.echo("# components")
         for line in parts.describe():
             click.echo(f"# {line}")
         return
-    run_dir = output_dir or recipe.output_dir or Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        Trainer(recipe, run_dir, echo=click.echo).run()
-    except TrainingError as exc:
+        Trainer(recipe, output_dir, overwrite=overwrite, echo=click.echo).run()
+    except (TrainingError, RunDirError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

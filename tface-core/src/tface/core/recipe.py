@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from tface.core import registry
-from tface.core.config import ConfigError, closest, structure, unstructure, validate_options
+from tface.core.config import INT_MAX, ConfigError, closest, structure, unstructure, validate_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -272,6 +272,8 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
     seed, device, output_dir = raw.get("seed", 0), raw.get("device", "auto"), raw.get("output_dir")
     if not isinstance(seed, int) or isinstance(seed, bool):
         problems.append(f"seed: expected int, got {json.dumps(seed)}")
+    elif not 0 <= seed <= INT_MAX:  # what torch.manual_seed and the samplers' generators accept
+        problems.append(f"seed: {seed} is out of range (a seed must lie in 0 .. 2**63-1)")
     if device not in _DEVICES and not (isinstance(device, str) and device.startswith("cuda:")):
         problems.append(f"device: expected one of {', '.join(_DEVICES)} or \"cuda:N\", got {json.dumps(device)}")
     if output_dir is not None and not isinstance(output_dir, str):

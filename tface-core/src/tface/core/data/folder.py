@@ -19,7 +19,7 @@ from tface.core.data.base import LABEL_GAPS, ON_ERROR, FaceDataset, Transform, r
 from tface.core.data.errors import DataError
 from tface.core.data.image import decode_rgb
 from tface.core.data.imagelist import ImageList, read_image_list, scan_folder
-from tface.core.data.source import DatasetSource
+from tface.core.data.source import DatasetSource, missing_path
 
 __all__ = ["ImageFileDataset", "ImageFolderSource", "ImageListSource"]
 
@@ -96,6 +96,9 @@ class ImageFolderSource(DatasetSource):
         return ImageFileDataset(scan_folder(self.root), image_size=self.image_size, transform=transform,
                                 on_error=self.on_error, label_gaps=self.label_gaps)
 
+    def check_inputs(self) -> list[str]:
+        return missing_path("root", self.root, "folder")
+
 
 class ImageListSource(DatasetSource):
     """An image list (``path``, ``path<TAB>label`` or ``path label`` lines); see :func:`read_image_list`."""
@@ -119,3 +122,6 @@ class ImageListSource(DatasetSource):
     def train_dataset(self, transform: Transform | None = None) -> ImageFileDataset:
         return ImageFileDataset(read_image_list(self.list, self.root), image_size=self.image_size,
                                 transform=transform, on_error=self.on_error, label_gaps=self.label_gaps)
+
+    def check_inputs(self) -> list[str]:
+        return [*missing_path("list", self.list), *missing_path("root", self.root, "folder")]
