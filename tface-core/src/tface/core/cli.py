@@ -151,7 +151,9 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
 @click.option("--backbone", help="Registered backbone name (without --run).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Backbone weights (a state_dict, also wrapped or nested); default with --run: "
-                   "RUN_DIR/checkpoints/backbone.pt.")
+                   "RUN_DIR/checkpoints/backbone.pt. 'none': the randomly initialised backbone (the baseline).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of the random initialisation with --checkpoint none.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A protocol option as a TOML value (repeatable), e.g. --option 'bins=[\"lfw.bin\"]'")
 @click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
@@ -161,8 +163,8 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
               help="Report folder (default: RUN_DIR/eval with --run, else ./eval-<protocol>-<time>).")
 @click.option("--label", help="Row name in the benchmark table (default: the run folder or backbone name).")
 def eval_cmd(protocol: str | None, run_dir: Path | None, backbone: str | None, checkpoint: Path | None,
-             options: tuple[str, ...], backbone_options: tuple[str, ...], device: str, output_dir: Path | None,
-             label: str | None) -> None:
+             seed: int, options: tuple[str, ...], backbone_options: tuple[str, ...], device: str,
+             output_dir: Path | None, label: str | None) -> None:
     """Evaluate a saved backbone: `tface eval PROTOCOL --backbone NAME --checkpoint FILE` or
     `tface eval --run RUN_DIR`. Prints the results table; writes eval-report.json, eval-report.md and plots."""
     from tface.core import evaluate as ev
@@ -185,7 +187,9 @@ def eval_cmd(protocol: str | None, run_dir: Path | None, backbone: str | None, c
             plan = ev.plan_run(run_dir, checkpoint, protocol, options, output_dir, label)
         else:
             assert protocol is not None and backbone is not None and checkpoint is not None
-            plan = ev.plan_adhoc(protocol, backbone, checkpoint, options, backbone_options, output_dir, label)
+            weights = None if str(checkpoint) == ev.NO_CHECKPOINT else checkpoint
+            plan = ev.plan_adhoc(protocol, backbone, weights, options, backbone_options, output_dir, label)
+        plan.seed = seed
         outcome = ev.evaluate(plan, device=device, echo=lambda msg: click.echo(msg, err=True))
     except ev.EvalError as exc:
         raise click.ClickException(str(exc)) from exc

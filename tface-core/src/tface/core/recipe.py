@@ -41,9 +41,18 @@ class Component:
     name: str
     options: dict[str, Any] = attrs.field(factory=dict)
 
-    def build(self, **extra: Any) -> Any:
-        """Instantiate the component; ``extra`` carries run-time arguments (e.g. ``num_classes``)."""
-        return registry.get(self.kind, self.name)(**self.options, **extra)
+    def build(self, key: str | None = None, **extra: Any) -> Any:
+        """Instantiate the component; ``extra`` carries run-time arguments (e.g. ``num_classes``).
+
+        A constructor that refuses its options (``TypeError``/``ValueError``, e.g. a plugin without a
+        ``Config`` whose signature hides them) is a :class:`ConfigError` at ``key`` (the recipe key path).
+        """
+        factory = registry.get(self.kind, self.name)
+        try:
+            return factory(**self.options, **extra)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError([f"{key or self.kind[:-1]}: {self.name!r} cannot be built from these options: "
+                               f"{type(exc).__name__}: {exc}"]) from exc
 
     def to_table(self) -> dict[str, Any]:
         return {"name": self.name, **unstructure(self.options)}

@@ -73,11 +73,11 @@ class Components:
     def __init__(self, recipe: recipe_mod.Recipe):
         self.recipe = recipe
         self.data_keys = ["data" if len(recipe.data) == 1 else f"data[{i}]" for i in range(len(recipe.data))]
-        self.sources = [_build(b.source, key) for b, key in zip(recipe.data, self.data_keys)]
-        self.backbone: nn.Module = _build(recipe.backbone, "backbone")
-        self.head: nn.Module = _build(recipe.head, "head")
-        self.augmenters = [_build(c, f"augment[{i}]") for i, c in enumerate(recipe.augment)]
-        self.protocols = [_build(c, f"eval[{i}]") for i, c in enumerate(recipe.eval)]
+        self.sources = [b.source.build(key) for b, key in zip(recipe.data, self.data_keys)]
+        self.backbone: nn.Module = recipe.backbone.build("backbone")
+        self.head: nn.Module = recipe.head.build("head")
+        self.augmenters = [c.build(f"augment[{i}]") for i, c in enumerate(recipe.augment)]
+        self.protocols = [c.build(f"eval[{i}]") for i, c in enumerate(recipe.eval)]
 
     def check_inputs(self) -> None:
         """Raise :class:`ConfigError` naming the recipe key and path of every input file that is missing.
@@ -109,15 +109,6 @@ class Components:
         lines += [f"augment   {c.name}: {a}" for c, a in zip(r.augment, self.augmenters)]
         lines += [f"eval      {c.name}: {type(p).__name__}" for c, p in zip(r.eval, self.protocols)]
         return lines
-
-
-def _build(component: recipe_mod.Component, key: str) -> Any:
-    """Instantiate a validated component; a constructor refusing its options is a recipe error at ``key``."""
-    try:
-        return component.build()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError([f"{key}: {component.name!r} cannot be built from these options: "
-                           f"{type(exc).__name__}: {exc}"]) from exc
 
 
 def build_components(recipe: recipe_mod.Recipe) -> Components:
@@ -222,10 +213,11 @@ class Trainer:
         # One classifier per branch: class spaces of different data sets never mix (TFace: one head each).
         heads = [self.parts.head] + [self.recipe.head.build() for _ in specs[1:]]
         for i, s in enumerate(specs):
-            if int(s.dataset.num_classes) < 2:
+            n = int(s.dataset.num_classes)
+            if n < 2:
                 raise TrainingError(
-                    f"{self.parts.data_keys[i]} ({self.recipe.data[i].source.name}): the data set has "
-                    f"{int(s.dataset.num_classes)} identity; training a classifier needs at least 2")
+                    f"{self.parts.data_keys[i]} ({self.recipe.data[i].source.name}): the data set has {n} "
+                    f"identit{'y' if n == 1 else 'ies'}; training a classifier needs at least 2")
         self.classifiers = nn.ModuleDict({
             s.name: Classifier(int(s.dataset.num_classes), emb, head) for s, head in zip(specs, heads)
         }).to(self.device)
