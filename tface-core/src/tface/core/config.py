@@ -156,9 +156,10 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         fail()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            number = float(value) if abs(value) < 2**1024 else math.inf  # a huge TOML integer overflows a float
+            if not math.isfinite(number):
                 fail(f"expected a finite number, got {value}")
-            return float(value)
+            return number
         fail()
     if tp is str:
         if isinstance(value, str):
