@@ -122,6 +122,10 @@ def test_dumps_escapes_and_special_values():
     ("head.s=-inf", "head.s: expected a finite number, got -inf"),
     ("train.max_steps=9223372036854775808",
      "train.max_steps: 9223372036854775808 is out of range (integers must lie in -2**63 .. 2**63-1)"),
+    ("train.threads=99999999", "train.threads: 'threads' must be <= 1024: 99999999"),  # torch segfaulted
+    ("train.num_workers=5000", "train.num_workers: 'num_workers' must be <= 1024: 5000"),
+    ("train.lr_milestones=[10, 10]", "train.lr_milestones: lr_milestones must be increasing positive steps, "
+                                     "got [10, 10]"),
 ])
 def test_values_torch_cannot_take_are_refused_at_load(toy_plugins, tmp_path, override, message):
     path = write(tmp_path, TOY_RECIPE)

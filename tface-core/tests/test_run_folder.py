@@ -207,3 +207,24 @@ def test_run_folder_module_refuses_a_file(tmp_path):
         rundir.prepare_run_dir(tmp_path / "f")
     assert (tmp_path / "f").read_text() == "x"
 
+
+
+def test_a_run_still_running_is_never_overwritten(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.toml").write_text("live")
+    live = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+            "files": ["status.json", "recipe.toml"]}
+    (out / "status.json").write_text(json.dumps(live))
+    with pytest.raises(rundir.RunDirError, match=r"holds a run that is still running \(pid \d+ on this machine\)"):
+        rundir.prepare_run_dir(out, overwrite=True)
+    assert (out / "recipe.toml").read_text() == "live"
+    # a run killed without a chance to mark itself: its process is gone, so --overwrite may replace it
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / "status.json").write_text(json.dumps({**live, "pid": int(done.stdout)}))
+    assert rundir.prepare_run_dir(out, overwrite=True) == out
+    assert list(out.iterdir()) == []

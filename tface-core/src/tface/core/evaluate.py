@@ -377,8 +377,10 @@ def evaluate(plan: EvalPlan, device: str = "auto", echo: Callable[[str], None] |
     model.to(dev)
     step = ckpt_step if ckpt_step is not None else (plan.step or 0)
     ctx = EvalContext(device=dev, step=step, provided=_provided(plan.sources, say))
-    what = plan.checkpoint if plan.checkpoint is not None else f"a randomly initialised backbone (seed {plan.seed})"
-    say(f"evaluating {what} ({plan.backbone.name}, step {step}) on {dev} ...")
+    if plan.checkpoint is not None:
+        say(f"evaluating {plan.checkpoint} ({plan.backbone.name}, step {step}) on {dev} ...")
+    else:
+        say(f"evaluating {plan.backbone.name} with random weights (seed {plan.seed}) on {dev} ...")
     results: list[dict[str, Any]] = []
     for comp, proto in protocols:
         try:

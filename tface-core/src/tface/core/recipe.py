@@ -31,6 +31,8 @@ __all__ = ["Component", "DataBranch", "TrainConfig", "Recipe", "load", "loads", 
 
 _ge0 = attrs.validators.ge(0)
 _gt0 = attrs.validators.gt(0)
+#: Most loader processes or CPU threads a recipe may ask for (torch crashes on absurd thread counts).
+MAX_PARALLEL = 1024
 
 
 @attrs.define
@@ -103,7 +105,7 @@ class TrainConfig:
 
     max_steps: int = attrs.field(default=1000, validator=_gt0)
     batch_size: int = attrs.field(default=64, validator=_gt0)
-    num_workers: int = attrs.field(default=0, validator=_ge0)
+    num_workers: int = attrs.field(default=0, validator=[_ge0, attrs.validators.le(MAX_PARALLEL)])
     lr: float = attrs.field(default=0.1, validator=_gt0)
     momentum: float = attrs.field(default=0.9, validator=[_ge0, attrs.validators.lt(1)])
     nesterov: bool = False
@@ -115,12 +117,12 @@ class TrainConfig:
     log_every: int = attrs.field(default=20, validator=_gt0)
     eval_at_start: bool = True
     eval_every: int = attrs.field(default=0, validator=_ge0)
-    threads: int = attrs.field(default=0, validator=_ge0)
+    threads: int = attrs.field(default=0, validator=[_ge0, attrs.validators.le(MAX_PARALLEL)])
     channels_last: bool = False
 
     @lr_milestones.validator
     def _sorted(self, _attr: Any, value: list[int]) -> None:
-        if list(value) != sorted(value) or any(v <= 0 for v in value):
+        if any(b <= a for a, b in zip(value, value[1:])) or any(v <= 0 for v in value):
             raise ValueError(f"lr_milestones must be increasing positive steps, got {value}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,26 @@ def read_status(folder: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         return None
     return data
+
+
+def _still_running(status: dict[str, Any]) -> bool:
+    """Whether ``status`` says running and its process is alive on this machine (a killed run's is not)."""
+    pid = status.get("pid")
+    if status.get("status") != "running" or status.get("host") != socket.gethostname():
+        return False
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def default_run_dir(stem: str, parent: str | os.PathLike = "runs") -> Path:
@@ -93,6 +114,9 @@ def prepare_run_dir(folder: str | os.PathLike, overwrite: bool = False, flag: st
     if not entries:
         return folder
     status = read_status(folder)
+    if status is not None and _still_running(status):
+        raise RunDirError(f"{flag} {folder}: holds a run that is still running (pid {status.get('pid')} on this "
+                          "machine); choose a new folder")
     if not overwrite:
         what = (f"holds a tface run ({status.get('status', 'unknown status')})" if status is not None
                 else f"is not empty ({len(entries)} entries, e.g. {entries[0]})")
@@ -122,6 +146,7 @@ class RunDir:
             "status": "running",
             "started": _now(),
             "pid": os.getpid(),
+            "host": socket.gethostname(),
             "tface_version": __version__,
             "step": 0,
             "files": [STATUS_FILE],
