@@ -95,7 +95,29 @@ def test_overwrite_removes_folders_the_listed_files_leave_empty(tmp_path):
     (out / "checkpoints" / "last.pt").write_bytes(b"x")
     (out / "status.json").write_text(json.dumps({"status": "failed", "files": ["status.json", "checkpoints/last.pt"]}))
     assert rundir.prepare_run_dir(out, overwrite=True) == out
-    assert list(out.iterdir()) == []
+    assert [p.name for p in out.iterdir()] == ["status.json"]  # claimed for the new run, checkpoints/ gone
+    assert rundir.read_status(out)["status"] == "running"
+
+
+def test_two_runs_never_share_a_new_folder(tmp_path):
+    out = tmp_path / "a" / "b"
+    rundir.prepare_run_dir(out)  # the first run claims it (status.json created exclusively)
+    with pytest.raises(rundir.RunDirError, match="still running"):
+        rundir.prepare_run_dir(out)
+    with pytest.raises(rundir.RunDirError, match="still running"):
+        rundir.prepare_run_dir(out, overwrite=True)
+
+
+def test_dry_run_reports_a_folder_the_run_would_refuse(toy_plugins, tmp_path):
+    path = write_recipe(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    res = run(path, "--dry-run", "--output-dir", out)
+    assert res.exit_code == 1 and res.output.startswith(f"Error: --output-dir {out}: is not empty (1 entry, e.g. mine.txt)")
+    assert run(path, "--dry-run", "--output-dir", tmp_path / "new").exit_code == 0
+    assert not (tmp_path / "new").exists()  # a dry run creates nothing
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
 
 
 def test_the_recipe_output_dir_follows_the_same_rule(toy_plugins, tmp_path):
@@ -227,4 +249,4 @@ def test_a_run_still_running_is_never_overwritten(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / "status.json").write_text(json.dumps({**live, "pid": int(done.stdout)}))
     assert rundir.prepare_run_dir(out, overwrite=True) == out
-    assert list(out.iterdir()) == []
+    assert [p.name for p in out.iterdir()] == ["status.json"]

@@ -124,13 +124,19 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
             overwrite: bool) -> None:
     """Train, checkpoint, evaluate and report, as RECIPE says."""
     from tface.core import recipe as recipe_mod
-    from tface.core.train.rundir import RunDirError
+    from tface.core.train.rundir import RunDirError, check_run_dir
     from tface.core.train.trainer import Trainer, TrainingError, build_components
 
     recipe = recipe_mod.load(recipe_path, overrides)
     if dry_run:
         parts = build_components(recipe)
         parts.check_inputs()
+        folder = output_dir or recipe.output_dir
+        if folder is not None:
+            try:
+                check_run_dir(folder, overwrite, "--output-dir" if output_dir is not None else "output_dir")
+            except RunDirError as exc:
+                raise click.ClickException(str(exc)) from exc
         click.echo(recipe_mod.dumps(recipe).rstrip())
         click.echo("")
         click.echo("# components")

@@ -18,7 +18,8 @@ from typing import Any
 from tface.core import __version__
 from tface.core.fsutil import atomic_write_bytes
 
-__all__ = ["STATUS_FILE", "RunDir", "RunDirError", "default_run_dir", "prepare_run_dir", "read_status"]
+__all__ = ["STATUS_FILE", "RunDir", "RunDirError", "check_run_dir", "default_run_dir", "prepare_run_dir",
+           "read_status"]
 
 STATUS_FILE = "status.json"
 
@@ -75,9 +76,11 @@ def default_run_dir(stem: str, parent: str | os.PathLike = "runs") -> Path:
         path = parent / (base if k == 1 else f"{base}-{k}")
         try:
             path.mkdir(exist_ok=False)
-            return path
         except FileExistsError:
             k += 1
+            continue
+        _claim(path, "run folder")
+        return path
 
 
 def _own_files(folder: Path, status: dict[str, Any]) -> list[Path]:
@@ -94,47 +97,74 @@ def _own_files(folder: Path, status: dict[str, Any]) -> list[Path]:
     return out
 
 
-def prepare_run_dir(folder: str | os.PathLike, overwrite: bool = False, flag: str = "--output-dir") -> Path:
-    """Make ``folder`` ready for a new run: create it, accept it empty, or refuse it.
+def check_run_dir(folder: str | os.PathLike, overwrite: bool = False, flag: str = "--output-dir") -> None:
+    """Raise :class:`RunDirError` when :func:`prepare_run_dir` would refuse ``folder``; touches nothing.
 
-    A folder holding anything is refused unless ``overwrite``; then the files an earlier tface run listed in
-    its ``status.json`` are deleted (and the folders they leave empty) and nothing else. A non-empty folder
-    without such a status was not written by tface (or by a tface that kept no list) and is refused even
-    with ``overwrite``. ``flag`` names where the folder came from in messages.
+    ``tface run --dry-run`` uses it, so a dry run that passes is not followed by a refused run.
     """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
+    _check(Path(folder), overwrite, flag)
+
+
+def _check(folder: Path, overwrite: bool, flag: str) -> dict[str, Any] | None:
+    """The earlier run's status when ``folder`` may be used (None: absent or empty), else RunDirError."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
         raise RunDirError(f"{flag} {folder}: exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=False)
-        return folder
-    except FileExistsError:
-        pass
     entries = sorted(p.name for p in folder.iterdir())
     if not entries:
-        return folder
+        return None
+    held = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, e.g. {entries[0]}"
     status = read_status(folder)
     if status is not None and _still_running(status):
         raise RunDirError(f"{flag} {folder}: holds a run that is still running (pid {status.get('pid')} on this "
                           "machine); choose a new folder")
     if not overwrite:
         what = (f"holds a tface run ({status.get('status', 'unknown status')})" if status is not None
-                else f"is not empty ({len(entries)} entries, e.g. {entries[0]})")
+                else f"is not empty ({held})")
         raise RunDirError(f"{flag} {folder}: {what}; choose a new folder, or pass --overwrite to replace "
                           "the files of the earlier run")
     if status is None:
         raise RunDirError(f"{flag} {folder}: --overwrite replaces an earlier tface run only, but this folder has "
-                          f"no {STATUS_FILE} listing the files tface wrote ({len(entries)} entries, e.g. "
-                          f"{entries[0]}); choose a new folder or empty this one yourself")
-    files = _own_files(folder, status)
-    for path in files:
-        if path.is_file() or path.is_symlink():
-            path.unlink()
-    for parent in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
-        if parent != folder and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-    (folder / STATUS_FILE).unlink(missing_ok=True)
+                          f"no {STATUS_FILE} listing the files tface wrote ({held}); choose a new folder or "
+                          "empty this one yourself")
+    return status
+
+
+def prepare_run_dir(folder: str | os.PathLike, overwrite: bool = False, flag: str = "--output-dir") -> Path:
+    """Make ``folder`` ready for a new run: create it, accept it empty, or refuse it.
+
+    A folder holding anything is refused unless ``overwrite``; then the files an earlier tface run listed in
+    its ``status.json`` are deleted (and the folders they leave empty) and nothing else. A non-empty folder
+    without such a status was not written by tface (or by a tface that kept no list) and is refused even
+    with ``overwrite``, as is a run still running. ``flag`` names where the folder came from in messages.
+    """
+    folder = Path(folder)
+    status = _check(folder, overwrite, flag)
+    if status is None:
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        files = _own_files(folder, status)
+        for path in files:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+        for parent in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
+            if parent != folder and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        (folder / STATUS_FILE).unlink(missing_ok=True)
+    _claim(folder, flag)
     return folder
+
+
+def _claim(folder: Path, flag: str) -> None:
+    """Create ``status.json`` exclusively: of two runs started on one folder at once, one gets it."""
+    try:
+        with open(folder / STATUS_FILE, "x", encoding="utf-8") as f:
+            json.dump({"status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                       "files": [STATUS_FILE]}, f)
+    except FileExistsError:
+        raise RunDirError(f"{flag} {folder}: another run started in this folder just now; choose a new "
+                          "folder") from None
 
 
 class RunDir:
