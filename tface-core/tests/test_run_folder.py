@@ -114,7 +114,8 @@ def test_dry_run_reports_a_folder_the_run_would_refuse(toy_plugins, tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("x")
     res = run(path, "--dry-run", "--output-dir", out)
-    assert res.exit_code == 1 and res.output.startswith(f"Error: --output-dir {out}: is not empty (1 entry, e.g. mine.txt)")
+    assert res.exit_code == 1
+    assert res.output.startswith(f"Error: --output-dir {out}: is not empty (1 entry, e.g. mine.txt)")
     assert run(path, "--dry-run", "--output-dir", tmp_path / "new").exit_code == 0
     assert not (tmp_path / "new").exists()  # a dry run creates nothing
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
