@@ -211,7 +211,7 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         emb = embedding_size_of(self.backbone)
         # One classifier per branch: class spaces of different data sets never mix (TFace: one head each).
-        heads = [self.parts.head] + [self.recipe.head.build() for _ in specs[1:]]
+        heads = [self.parts.head] + [self.recipe.head.build("head") for _ in specs[1:]]
         for i, s in enumerate(specs):
             n = int(s.dataset.num_classes)
             if n < 2:
