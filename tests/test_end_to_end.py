@@ -59,7 +59,10 @@ def test_short_quickstart_run(tmp_path):
     cache = tmp_path / "cache"
     (folder,) = list(cache.iterdir())
     stamp = (folder / "synthface.txt").stat().st_mtime_ns
-    res = CliRunner().invoke(cli, args + ["--set", "train.max_steps=4", "--set", "train.eval_at_start=false"],
-                             catch_exceptions=False)
+    again = args + ["--set", "train.max_steps=4", "--set", "train.eval_at_start=false"]
+    res = CliRunner().invoke(cli, again, catch_exceptions=False)
+    assert res.exit_code == 1 and "holds a tface run (done)" in res.output  # never mixed with the earlier run
+    res = CliRunner().invoke(cli, again + ["--overwrite"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [4]
     assert (folder / "synthface.txt").stat().st_mtime_ns == stamp

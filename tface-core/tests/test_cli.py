@@ -63,3 +63,41 @@ def test_run_writes_to_output_dir(toy_plugins, tmp_path):
     assert {p.name for p in out.iterdir()} >= {"recipe.toml", "metrics.jsonl", "report.json", "report.md",
                                                "checkpoints", "plugins.json"}
     assert "| trained | toy | toy | 4 |" in res.output
+
+
+BARE_HEADS = '''
+    from torch import nn
+
+
+    class NoOptions(nn.Module):
+        """A head plugin without a Config and without its own __init__: it takes no options."""
+
+        def forward(self, batch):
+            return batch.cos
+
+
+    class Hidden(nn.Module):
+        """A head plugin without a Config whose signature hides its options."""
+
+        def __init__(self, **options):
+            super().__init__()
+            if set(options) - {"s"}:
+                raise TypeError(f"unexpected options {sorted(set(options) - {'s'})}")
+'''
+
+
+def test_head_plugin_without_config_given_an_unknown_option(toy_plugins, site, tmp_path):
+    module = f"bare_{tmp_path.name.replace('-', '_')}"
+    site("bare-heads", {"tface.heads": {"noopts": f"{module}:NoOptions", "hidden": f"{module}:Hidden"}},
+         {f"{module}.py": BARE_HEADS})
+    path = tmp_path / "r.toml"
+    path.write_text(TOY_RECIPE)
+    res = CliRunner().invoke(cli, ["run", str(path), "--dry-run", "--set", 'head={ name = "noopts", s = 8.0 }'])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip() == f"Error: {path}: head.s: unknown key (valid keys: none)"
+    res = CliRunner().invoke(cli, ["run", str(path), "--dry-run", "--set", 'head={ name = "hidden", q = 1 }'])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip() == ("Error: head: 'hidden' cannot be built from these options: TypeError: "
+                                  "unexpected options ['q']")
+    assert not (tmp_path / "runs").exists()
+

@@ -94,3 +94,63 @@ def test_validate_options_uses_config_or_signature():
 def test_closest():
     assert closest("arcfce", ["arcface", "cosface"]) == "arcface"
     assert closest("zzz", ["arcface"]) is None
+
+
+@attrs.define
+class Numbers:
+    count: int = 1
+    limit: int | None = None
+    lr: float = 0.1
+    scales: list[float] = attrs.field(factory=list)
+
+
+def number_problems(data):
+    with pytest.raises(ConfigError) as info:
+        structure(Numbers, data, "train")
+    return info.value.problems
+
+
+def test_integers_outside_64_bits_are_refused():
+    assert number_problems({"count": 2**63}) == [
+        f"train.count: {2**63} is out of range (integers must lie in -2**63 .. 2**63-1)"]
+    assert number_problems({"count": -(2**63) - 1})[0].startswith(f"train.count: {-(2**63) - 1} is out of range")
+    assert number_problems({"limit": 10**20}) == [  # an optional int says the range too
+        "train.limit: 100000000000000000000 is out of range (integers must lie in -2**63 .. 2**63-1)"]
+    assert number_problems({"limit": "x"}) == ['train.limit: expected int or none, got "x"']
+    assert structure(Numbers, {"count": 2**63 - 1, "limit": -(2**63)}).count == 2**63 - 1
+
+
+def test_non_finite_floats_are_refused():
+    assert number_problems({"lr": float("inf")}) == ["train.lr: expected a finite number, got inf"]
+    assert number_problems({"lr": float("-inf")}) == ["train.lr: expected a finite number, got -inf"]
+    assert number_problems({"lr": float("nan")}) == ["train.lr: expected a finite number, got nan"]
+    assert number_problems({"scales": [1.0, float("nan")]}) == ["train.scales[1]: expected a finite number, got nan"]
+    assert number_problems({"lr": 2**1100}) == [f"train.lr: expected a finite number, got {2**1100}"]
+
+
+def test_a_table_replaced_by_a_scalar_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        structure(Numbers, 5, "train")  # type: ignore[arg-type]
+    assert info.value.problems == ["train: expected a table, got 5"]
+
+
+def test_validate_options_without_config_checks_what_the_constructor_takes():
+    import torch
+
+    class NoInit(torch.nn.Module):  # nn.Module's (*args, **kwargs) refuses every keyword
+        pass
+
+    with pytest.raises(ConfigError) as info:
+        validate_options(NoInit, {"s": 1.0}, "head")
+    assert info.value.problems == ["head.s: unknown key (valid keys: none)"]
+    assert validate_options(NoInit, {}, "head") == {}
+
+    class Needs(torch.nn.Module):
+        def __init__(self, scale: float, margin: float = 0.2):
+            super().__init__()
+
+    with pytest.raises(ConfigError) as info:
+        validate_options(Needs, {"margn": 0.3}, "head")
+    assert info.value.problems == ["head.scale: required key is missing",
+                                   'head.margn: unknown key; did you mean "margin"? (valid keys: scale, margin)']
+    assert validate_options(Needs, {"scale": 2.0}, "head") == {"scale": 2.0}

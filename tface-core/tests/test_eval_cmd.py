@@ -237,3 +237,86 @@ def test_run_folder_without_eval_tables(plugins, tmp_path):
     (run_dir / "recipe.toml").write_text(textwrap.dedent(text))
     res = invoke("eval", "--run", run_dir)
     assert res.exit_code == 1 and "has no [[eval]] tables" in res.output
+
+
+def test_checkpoint_none_evaluates_a_seeded_random_backbone(plugins, tmp_path):
+    def probe(seed: str | None, out: str) -> tuple[dict, dict]:
+        args = ["eval", "probe", "--backbone", "toynet", "--checkpoint", "none", "--output-dir", tmp_path / out]
+        res = invoke(*args, *(["--seed", seed] if seed is not None else []))
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / out / "eval-report.json").read_text())
+        return report["results"][0], report["summary"]
+
+    first, summary = probe(None, "a")
+    again, _ = probe("0", "b")
+    other, other_summary = probe("1", "c")
+    assert summary["checkpoint"] == "none" and summary["seed"] == 0 and other_summary["seed"] == 1
+    assert "- checkpoint: none" in (tmp_path / "a" / "eval-report.md").read_text()
+    assert first["checksum"] == again["checksum"]  # same seed, same weights, same numbers
+    assert first["checksum"] == pytest.approx(checksum(toy_backbone(plugins, seed=0)), rel=1e-12)
+    assert other["checksum"] == pytest.approx(checksum(toy_backbone(plugins, seed=1)), rel=1e-12)
+    assert other["checksum"] != first["checksum"]
+    assert invoke("eval", "probe", "--backbone", "toynet", "--checkpoint", "none", "--seed", "-1").exit_code == 2
+
+
+def test_checkpoint_none_with_a_run_folder(plugins, toy_run, tmp_path):
+    res = invoke("eval", "--run", toy_run, "probe", "--checkpoint", "none", "--seed", "5",
+                 "--output-dir", tmp_path / "base")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "base" / "eval-report.json").read_text())
+    assert report["summary"]["checkpoint"] == "none" and report["results"][0]["step"] == 0
+    assert report["results"][0]["checksum"] == pytest.approx(checksum(toy_backbone(plugins, seed=5)), rel=1e-12)
+
+
+FILED_MODULE = '''
+    import pathlib
+
+    import attrs
+
+
+    class Filed:
+        """A protocol reading one file: it says when the file is missing (check_inputs)."""
+
+        name = "filed"
+
+        @attrs.define
+        class Config:
+            file: pathlib.Path = pathlib.Path("pairs.bin")
+
+        def __init__(self, file="pairs.bin"):
+            self.file = pathlib.Path(file)
+
+        def check_inputs(self):
+            return [] if self.file.is_file() else [f"file: {self.file} does not exist"]
+
+        def evaluate(self, model, ctx):
+            raise ValueError(f"filed: {self.file}: bad header")
+'''
+
+
+@pytest.fixture
+def filed(plugins, site, tmp_path) -> str:
+    """The toy components, ``probe`` and ``filed``; returns the toy module name."""
+    module = f"filed_{tmp_path.name.replace('-', '_')}"
+    site("filed-plugins", {"tface.protocols": {"filed": f"{module}:Filed"}}, {f"{module}.py": FILED_MODULE})
+    return plugins
+
+
+def test_protocol_inputs_are_checked_before_the_checkpoint_is_read(filed, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for ckpt in (bad, tmp_path / "absent.pt"):
+        res = invoke("eval", "filed", "--backbone", "toynet", "--checkpoint", ckpt,
+                     "--option", f'file="{tmp_path / "lfw.bin"}"')
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert res.output.strip() == f"Error: filed.file: {tmp_path / 'lfw.bin'} does not exist"
+
+
+def test_a_protocol_error_is_prefixed_once(filed, tmp_path):
+    ckpt = tmp_path / "w.pt"
+    torch.save(toy_backbone(filed).state_dict(), ckpt)
+    pairs = tmp_path / "pairs.bin"
+    pairs.write_bytes(b"x")
+    res = invoke("eval", "filed", "--backbone", "toynet", "--checkpoint", ckpt, "--option", f'file="{pairs}"')
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1] == f"Error: filed: {pairs}: bad header"

@@ -111,3 +111,32 @@ def test_dumps_escapes_and_special_values():
     data = {"a": 'q"uote\n', "b": float("inf"), "c": [1, 2], "t": {"x y": True}, "arr": [{"k": 1}, {"k": 2}]}
     text = recipe.dumps(data)
     assert tomllib.loads(text) == data
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("seed=99999999999999999999", "seed: 99999999999999999999 is out of range (a seed must lie in 0 .. 2**63-1)"),
+    ("seed=-1", "seed: -1 is out of range (a seed must lie in 0 .. 2**63-1)"),
+    ("train=5", "train: expected a table, got 5"),
+    ("train.lr=inf", "train.lr: expected a finite number, got inf"),
+    ("train.lr=nan", "train.lr: expected a finite number, got nan"),
+    ("head.s=-inf", "head.s: expected a finite number, got -inf"),
+    ("train.max_steps=9223372036854775808",
+     "train.max_steps: 9223372036854775808 is out of range (integers must lie in -2**63 .. 2**63-1)"),
+    ("train.threads=99999999", "train.threads: 'threads' must be <= 1024: 99999999"),  # torch segfaulted
+    ("train.num_workers=5000", "train.num_workers: 'num_workers' must be <= 1024: 5000"),
+    ("train.lr_milestones=[10, 10]", "train.lr_milestones: lr_milestones must be increasing positive steps, "
+                                     "got [10, 10]"),
+])
+def test_values_torch_cannot_take_are_refused_at_load(toy_plugins, tmp_path, override, message):
+    path = write(tmp_path, TOY_RECIPE)
+    with pytest.raises(ConfigError) as info:
+        recipe.load(path, [override])
+    assert info.value.problems == [f"{path}: {message}"]
+
+
+def test_the_largest_seed_trains(toy_plugins, tmp_path):
+    from tface.core.train.trainer import Trainer
+
+    r = recipe.load(write(tmp_path, TOY_RECIPE), [f"seed={2**63 - 1}", "train.max_steps=2"])
+    out = Trainer(r, tmp_path / "run", echo=lambda m: None).run()
+    assert out["summary"]["steps"] == 2

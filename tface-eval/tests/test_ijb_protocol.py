@@ -559,3 +559,15 @@ def test_cache_resume_and_reuse(tmp_path):
     proto(flip=False).evaluate(model, EvalContext(step=7))
     assert model.images == 14
     assert len(list(cache.iterdir())) == 3
+
+
+def test_check_inputs_names_missing_meta_files(tmp_path):
+    (tmp_path / "IJBB" / "meta").mkdir(parents=True)
+    meta = tmp_path / "IJBB" / "meta"
+    (meta / "ijbb_face_tid_mid.txt").write_text("")
+    problems = IJB(tmp_path, target="IJBB").check_inputs()  # the folder above IJBB/ is accepted
+    assert problems == [f"root: IJB-B meta files not found: {meta / 'ijbb_name_5pts_score.txt'}, "
+                        f"{meta / 'ijbb_template_pair_label.txt'}"]
+    (meta / "ijbb_name_5pts_score.txt").write_text("")
+    (meta / "ijbb_template_pair_label.txt").write_text("")
+    assert IJB(tmp_path, target="IJBB").check_inputs() == []

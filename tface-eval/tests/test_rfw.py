@@ -143,3 +143,14 @@ def test_config():
         structure(RFW.Config, {"root": "x", "groups": ["Asian", "Asian"]}, "eval")
     with pytest.raises(ConfigError, match=r'eval\.grups: unknown key; did you mean "groups"'):
         structure(RFW.Config, {"root": "x", "grups": ["Asian"]}, "eval")
+
+
+def test_check_inputs_names_the_missing_root_or_groups(tmp_path):
+    assert RFW(tmp_path / "nowhere").check_inputs() == [f"root: root folder {tmp_path / 'nowhere'} does not exist"]
+    write_group(tmp_path / "African_test.bin", set())
+    write_group(tmp_path / "asian_test.bin", set())
+    assert RFW(tmp_path, groups=["African", "Asian"]).check_inputs() == []
+    assert RFW(tmp_path).check_inputs() == [
+        f"root: {tmp_path} lacks Caucasian_test.bin, Indian_test.bin (the lower-case spelling is accepted too)"]
+    with pytest.raises(FileNotFoundError, match=r"^rfw: .* lacks Caucasian_test.bin, Indian_test.bin"):
+        RFW(tmp_path).files()

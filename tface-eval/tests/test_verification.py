@@ -628,3 +628,14 @@ def test_protocol_accuracy_equals_an_independent_reference(tmp_path):
         Pooled(), EvalContext()
     )
     assert r0["accuracy"] == r0["accuracy_noflip"] == r["accuracy_noflip"]
+
+
+def test_check_inputs_names_missing_bins(tmp_path):
+    present = tmp_path / "lfw.bin"
+    present.write_bytes(b"x")
+    (tmp_path / "folder.bin").mkdir()
+    proto = Verification(bins=[present, tmp_path / "agedb.bin", tmp_path / "folder.bin"])
+    assert proto.check_inputs() == [f"bins[1]: {tmp_path / 'agedb.bin'} does not exist",
+                                    f"bins[2]: {tmp_path / 'folder.bin'} is not a file"]
+    assert Verification(bins=[present]).check_inputs() == []
+    assert Verification().check_inputs() == []  # provided sets may be written during a run: not checked here

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -16,7 +15,10 @@ __all__ = ["main", "cli"]
 
 
 class _Group(click.Group):
-    """Turn known user errors into one clear line and exit status 2 instead of a traceback."""
+    """Turn known user errors (recipe, registry) into one ``Error: ...`` line and exit status 1, not a traceback.
+
+    A wrong command line (unknown option, bad option value) stays click's usage error, exit status 2.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
@@ -113,25 +115,37 @@ def list_cmd(kind: str | None, as_json: bool, no_check: bool) -> None:
               help="Override a recipe value with a TOML value (repeatable), e.g. --set head.m=0.4")
 @click.option("--dry-run", is_flag=True, help="Build every component, print the resolved recipe, and exit.")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder (default: the recipe's output_dir, else runs/<recipe>-<time>).")
-def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None) -> None:
+              help="Run folder (default: the recipe's output_dir, else a new runs/<recipe>-<time>). "
+                   "It must not exist, or be empty, unless --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Reuse a run folder holding an earlier run: delete the files that run listed in its "
+                   "status.json (nothing else), then run.")
+def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None,
+            overwrite: bool) -> None:
     """Train, checkpoint, evaluate and report, as RECIPE says."""
     from tface.core import recipe as recipe_mod
+    from tface.core.train.rundir import RunDirError, check_run_dir
     from tface.core.train.trainer import Trainer, TrainingError, build_components
 
     recipe = recipe_mod.load(recipe_path, overrides)
     if dry_run:
         parts = build_components(recipe)
+        parts.check_inputs()
+        folder = output_dir or recipe.output_dir
+        if folder is not None:
+            try:
+                check_run_dir(folder, overwrite, "--output-dir" if output_dir is not None else "output_dir")
+            except RunDirError as exc:
+                raise click.ClickException(str(exc)) from exc
         click.echo(recipe_mod.dumps(recipe).rstrip())
         click.echo("")
         click.echo("# components")
         for line in parts.describe():
             click.echo(f"# {line}")
         return
-    run_dir = output_dir or recipe.output_dir or Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        Trainer(recipe, run_dir, echo=click.echo).run()
-    except TrainingError as exc:
+        Trainer(recipe, output_dir, overwrite=overwrite, echo=click.echo).run()
+    except (TrainingError, RunDirError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -143,7 +157,9 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
 @click.option("--backbone", help="Registered backbone name (without --run).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Backbone weights (a state_dict, also wrapped or nested); default with --run: "
-                   "RUN_DIR/checkpoints/backbone.pt.")
+                   "RUN_DIR/checkpoints/backbone.pt. 'none': the randomly initialised backbone (the baseline).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="Seed of the random initialisation with --checkpoint none.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="A protocol option as a TOML value (repeatable), e.g. --option 'bins=[\"lfw.bin\"]'")
 @click.option("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
@@ -153,8 +169,8 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
               help="Report folder (default: RUN_DIR/eval with --run, else ./eval-<protocol>-<time>).")
 @click.option("--label", help="Row name in the benchmark table (default: the run folder or backbone name).")
 def eval_cmd(protocol: str | None, run_dir: Path | None, backbone: str | None, checkpoint: Path | None,
-             options: tuple[str, ...], backbone_options: tuple[str, ...], device: str, output_dir: Path | None,
-             label: str | None) -> None:
+             seed: int, options: tuple[str, ...], backbone_options: tuple[str, ...], device: str,
+             output_dir: Path | None, label: str | None) -> None:
     """Evaluate a saved backbone: `tface eval PROTOCOL --backbone NAME --checkpoint FILE` or
     `tface eval --run RUN_DIR`. Prints the results table; writes eval-report.json, eval-report.md and plots."""
     from tface.core import evaluate as ev
@@ -177,7 +193,9 @@ def eval_cmd(protocol: str | None, run_dir: Path | None, backbone: str | None, c
             plan = ev.plan_run(run_dir, checkpoint, protocol, options, output_dir, label)
         else:
             assert protocol is not None and backbone is not None and checkpoint is not None
-            plan = ev.plan_adhoc(protocol, backbone, checkpoint, options, backbone_options, output_dir, label)
+            weights = None if str(checkpoint) == ev.NO_CHECKPOINT else checkpoint
+            plan = ev.plan_adhoc(protocol, backbone, weights, options, backbone_options, output_dir, label)
+        plan.seed = seed
         outcome = ev.evaluate(plan, device=device, echo=lambda msg: click.echo(msg, err=True))
     except ev.EvalError as exc:
         raise click.ClickException(str(exc)) from exc

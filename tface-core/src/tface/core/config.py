@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import pathlib
 import types
 import typing
@@ -19,7 +20,11 @@ import attrs
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "field_problems", "structure", "unstructure", "uses", "closest", "validate_options"]
+__all__ = ["ConfigError", "field_problems", "structure", "unstructure", "uses", "closest", "validate_options",
+           "INT_MIN", "INT_MAX"]
+
+#: The integer range of TOML (and of torch/numpy seeds and sizes): recipe integers outside it are refused.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -96,14 +101,18 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            trial: list[str] = []
+        others = [a for a in args if a is not type(None)]
+        trial: list[str] = []
+        for arg in others:
+            trial = []
             try:
                 return _convert(value, arg, path, trial)
             except _Fail:
                 continue
+        generic = f"{path}: expected {_type_name(others[0])}, got"
+        if len(others) == 1 and trial and not trial[0].startswith(generic):  # e.g. out of range: say so
+            problems.extend(trial)
+            raise _Fail
         fail()
     if origin in (list, Sequence, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -142,11 +151,16 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         fail()
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not INT_MIN <= value <= INT_MAX:  # TOML integers are 64-bit; torch and numpy take no more
+                fail(f"{value} is out of range (integers must lie in -2**63 .. 2**63-1)")
             return value
         fail()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value) if abs(value) < 2**1024 else math.inf  # a huge TOML integer overflows a float
+            if not math.isfinite(number):
+                fail(f"expected a finite number, got {value}")
+            return number
         fail()
     if tp is str:
         if isinstance(value, str):
@@ -223,6 +237,8 @@ def field_problems(obj: Any) -> list[tuple[str, str]]:
 def structure(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build ``cls`` from ``data``, raising :class:`ConfigError` listing every bad key at once."""
     problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{path or cls.__name__}: expected a table, got {_describe(data)}"])
     try:
         return _structure(cls, data, path, problems)
     except _Fail:
@@ -248,6 +264,16 @@ def unstructure(obj: Any) -> Any:
     return obj
 
 
+def _takes_no_options(cls: type) -> bool:
+    """Whether ``cls`` inherits its constructor from ``object`` or ``torch.nn.Module``.
+
+    ``nn.Module.__init__(*args, **kwargs)`` looks as if it took any keyword, but refuses every one; a
+    component class without its own ``__init__`` therefore has no options.
+    """
+    owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
+    return owner is object or (owner.__name__ == "Module" and owner.__module__ == "torch.nn.modules.module")
+
+
 def validate_options(obj: Any, options: Mapping[str, Any], path: str) -> dict[str, Any]:
     """Check ``options`` against ``obj.Config`` (or, lacking one, its call signature).
 
@@ -257,15 +283,18 @@ def validate_options(obj: Any, options: Mapping[str, Any], path: str) -> dict[st
     if cfg_cls is not None and attrs.has(cfg_cls):
         cfg = structure(cfg_cls, options, path)
         return {(f.alias or f.name): getattr(cfg, f.name) for f in attrs.fields(cfg_cls) if f.init}
-    try:
-        sig = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return dict(options)
-    params = sig.parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return dict(options)
+    if isinstance(obj, type) and _takes_no_options(obj):
+        params: Mapping[str, inspect.Parameter] = {}
+    else:
+        try:
+            params = inspect.signature(obj).parameters
+        except (TypeError, ValueError):
+            return dict(options)
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return dict(options)
     names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    problems = []
+    problems = [f"{path}.{n}: required key is missing" for n in names
+                if params[n].default is inspect.Parameter.empty and n not in options]
     for key in options:
         if key not in names:
             hint = closest(key, names)

@@ -33,7 +33,7 @@ from tface.core import recipe as recipe_mod
 from tface.core import registry
 from tface.core.config import ConfigError, unstructure, validate_options
 from tface.core.fsutil import atomic_write_bytes
-from tface.core.protocol import EvalContext
+from tface.core.protocol import EvalContext, check_inputs
 from tface.core.recipe import Component
 from tface.core.report import benchmark_table, markdown_table, write_plots
 
@@ -68,7 +68,8 @@ class EvalPlan:
 
     backbone: Component
     protocols: list[Component]
-    checkpoint: Path
+    #: The weights; None evaluates the randomly initialised backbone (``--checkpoint none``, seeded by ``seed``).
+    checkpoint: Path | None
     label: str
     output_dir: Path
     #: The run folder (``--run``), else None.
@@ -77,6 +78,8 @@ class EvalPlan:
     sources: list[Component] = attrs.field(factory=list)
     #: The training step the weights belong to, when the run folder says so.
     step: int | None = None
+    #: Seeds torch before the backbone is built: the random initialisation of ``checkpoint = None``.
+    seed: int = 0
 
 
 @attrs.define
@@ -132,13 +135,15 @@ def _slug(text: str) -> str:
 def plan_adhoc(
     protocol: str,
     backbone: str,
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     options: Iterable[str] = (),
     backbone_options: Iterable[str] = (),
     output_dir: str | os.PathLike | None = None,
     label: str | None = None,
 ) -> EvalPlan:
     """``tface eval PROTOCOL --backbone NAME --checkpoint FILE``: names and options validated now.
+
+    ``checkpoint = None`` evaluates the randomly initialised backbone (the untrained baseline).
 
     Relative paths in options resolve against the current directory. The default output folder is
     ``./eval-<protocol>-<time>``; the default label is the backbone name.
@@ -149,7 +154,7 @@ def plan_adhoc(
                        cwd)
     out = Path(output_dir) if output_dir is not None else Path(
         f"eval-{_slug(protocol)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return EvalPlan(model, [proto], Path(checkpoint), label or backbone, out)
+    return EvalPlan(model, [proto], Path(checkpoint) if checkpoint is not None else None, label or backbone, out)
 
 
 def _run_step(run_dir: Path) -> int | None:
@@ -159,6 +164,10 @@ def _run_step(run_dir: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+#: What ``--checkpoint`` takes to mean "no weights: random initialisation" (a file so named: ``./none``).
+NO_CHECKPOINT = "none"
 
 
 def plan_run(
@@ -172,8 +181,8 @@ def plan_run(
     """``tface eval --run RUN_DIR``: the backbone and ``[[eval]]`` tables of ``RUN_DIR/recipe.toml``.
 
     ``protocol`` (with ``options``) replaces the recipe's evaluations by that one protocol. The checkpoint
-    defaults to ``RUN_DIR/checkpoints/backbone.pt``, the output folder to ``RUN_DIR/eval`` and the label to
-    the run folder's name.
+    defaults to ``RUN_DIR/checkpoints/backbone.pt`` (``"none"``: the run's backbone randomly initialised),
+    the output folder to ``RUN_DIR/eval`` and the label to the run folder's name.
     """
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.toml"
@@ -190,8 +199,10 @@ def plan_run(
         protocols = list(recipe.eval)
         if not protocols:
             raise EvalError(f"{recipe_file} has no [[eval]] tables; name one: tface eval --run {run_dir} PROTOCOL")
-    default_ckpt = run_dir / "checkpoints" / "backbone.pt"
-    ckpt = Path(checkpoint) if checkpoint is not None else default_ckpt
+    if checkpoint is None:
+        ckpt: Path | None = run_dir / "checkpoints" / "backbone.pt"
+    else:
+        ckpt = None if str(checkpoint) == NO_CHECKPOINT else Path(checkpoint)
     return EvalPlan(
         backbone=recipe.backbone,
         protocols=protocols,
@@ -340,6 +351,12 @@ def _report_md(outcome_results: list[dict[str, Any]], summary: dict[str, Any], p
     return "\n".join(lines) + "\n"
 
 
+def _prefixed(name: str, exc: BaseException) -> str:
+    """``"<protocol>: <message>"``, without doubling a prefix the protocol's own message already has."""
+    text = str(exc)
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
+
+
 def evaluate(plan: EvalPlan, device: str = "auto", echo: Callable[[str], None] | None = None) -> EvalOutcome:
     """Build the backbone, load the checkpoint, run every protocol, write the reports and plots.
 
@@ -350,29 +367,38 @@ def evaluate(plan: EvalPlan, device: str = "auto", echo: Callable[[str], None] |
     say = echo or (lambda msg: print(msg, flush=True))
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    model: nn.Module = plan.backbone.build()
-    ckpt_step = load_weights(model, plan.checkpoint, plan.backbone.name)
+    protocols = [(c, c.build(c.name)) for c in plan.protocols]
+    problems = [f"{c.name}.{p}" for c, proto in protocols for p in check_inputs(proto)]
+    if problems:  # before the checkpoint is read or the model built: a missing .bin costs nothing
+        raise EvalError("; ".join(problems))
+    torch.manual_seed(plan.seed)  # the random initialisation, when there is no checkpoint
+    model: nn.Module = plan.backbone.build("backbone")
+    ckpt_step = load_weights(model, plan.checkpoint, plan.backbone.name) if plan.checkpoint is not None else None
     model.to(dev)
     step = ckpt_step if ckpt_step is not None else (plan.step or 0)
-    protocols = [(c, c.build()) for c in plan.protocols]
     ctx = EvalContext(device=dev, step=step, provided=_provided(plan.sources, say))
-    say(f"evaluating {plan.checkpoint} ({plan.backbone.name}, step {step}) on {dev} ...")
+    if plan.checkpoint is not None:
+        say(f"evaluating {plan.checkpoint} ({plan.backbone.name}, step {step}) on {dev} ...")
+    else:
+        say(f"evaluating {plan.backbone.name} with random weights (seed {plan.seed}) on {dev} ...")
     results: list[dict[str, Any]] = []
     for comp, proto in protocols:
         try:
             found = proto.evaluate(model, ctx)
         except (OSError, ValueError) as exc:  # missing or malformed evaluation files, bad protocol options
-            raise EvalError(f"{comp.name}: {exc}") from exc
+            raise EvalError(_prefixed(comp.name, exc)) from exc
         results.extend({"label": plan.label, **r} for r in found)
     summary: dict[str, Any] = {
         "label": plan.label,
         "backbone": _describe(plan.backbone),
-        "checkpoint": str(plan.checkpoint.resolve()),
+        "checkpoint": str(plan.checkpoint.resolve()) if plan.checkpoint is not None else NO_CHECKPOINT,
         "protocols": ", ".join(_describe(c) for c in plan.protocols),
         "step": step,
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if plan.checkpoint is None:
+        summary["seed"] = plan.seed
     if plan.run_dir is not None:
         summary["run_dir"] = str(plan.run_dir.resolve())
     summary["plugins"] = registry.loaded_versions()

@@ -14,7 +14,7 @@ import attrs
 import torch
 from torch import nn
 
-__all__ = ["EvalContext", "EvalProtocol", "Result"]
+__all__ = ["EvalContext", "EvalProtocol", "Result", "check_inputs"]
 
 Result = dict[str, Any]
 
@@ -34,6 +34,20 @@ class EvalContext:
 
 @runtime_checkable
 class EvalProtocol(Protocol):
+    """What ``tface.protocols`` entries provide.
+
+    A protocol that reads files should also define ``check_inputs() -> list[str]``: the problems with the
+    files its options name, each ``"<option>: <what is wrong>"`` (cheap existence checks, no reading), so
+    ``tface run --dry-run``, the start of a run and ``tface eval`` report a missing file before any model
+    work. It is optional (see :func:`check_inputs`); the built-in protocols all define it.
+    """
+
     name: str
 
     def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]: ...
+
+
+def check_inputs(protocol: Any) -> list[str]:
+    """``protocol.check_inputs()`` when the protocol defines it, else ``[]`` (it will report in ``evaluate``)."""
+    check = getattr(protocol, "check_inputs", None)
+    return list(check()) if callable(check) else []

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from tface.core import registry
-from tface.core.config import ConfigError, closest, structure, unstructure, validate_options
+from tface.core.config import INT_MAX, ConfigError, closest, structure, unstructure, validate_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +31,8 @@ __all__ = ["Component", "DataBranch", "TrainConfig", "Recipe", "load", "loads", 
 
 _ge0 = attrs.validators.ge(0)
 _gt0 = attrs.validators.gt(0)
+#: Most loader processes or CPU threads a recipe may ask for (torch crashes on absurd thread counts).
+MAX_PARALLEL = 1024
 
 
 @attrs.define
@@ -41,9 +43,18 @@ class Component:
     name: str
     options: dict[str, Any] = attrs.field(factory=dict)
 
-    def build(self, **extra: Any) -> Any:
-        """Instantiate the component; ``extra`` carries run-time arguments (e.g. ``num_classes``)."""
-        return registry.get(self.kind, self.name)(**self.options, **extra)
+    def build(self, key: str | None = None, **extra: Any) -> Any:
+        """Instantiate the component; ``extra`` carries run-time arguments (e.g. ``num_classes``).
+
+        A constructor that refuses its options (``TypeError``/``ValueError``, e.g. a plugin without a
+        ``Config`` whose signature hides them) is a :class:`ConfigError` at ``key`` (the recipe key path).
+        """
+        factory = registry.get(self.kind, self.name)
+        try:
+            return factory(**self.options, **extra)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError([f"{key or self.kind[:-1]}: {self.name!r} cannot be built from these options: "
+                               f"{type(exc).__name__}: {exc}"]) from exc
 
     def to_table(self) -> dict[str, Any]:
         return {"name": self.name, **unstructure(self.options)}
@@ -94,7 +105,7 @@ class TrainConfig:
 
     max_steps: int = attrs.field(default=1000, validator=_gt0)
     batch_size: int = attrs.field(default=64, validator=_gt0)
-    num_workers: int = attrs.field(default=0, validator=_ge0)
+    num_workers: int = attrs.field(default=0, validator=[_ge0, attrs.validators.le(MAX_PARALLEL)])
     lr: float = attrs.field(default=0.1, validator=_gt0)
     momentum: float = attrs.field(default=0.9, validator=[_ge0, attrs.validators.lt(1)])
     nesterov: bool = False
@@ -106,12 +117,12 @@ class TrainConfig:
     log_every: int = attrs.field(default=20, validator=_gt0)
     eval_at_start: bool = True
     eval_every: int = attrs.field(default=0, validator=_ge0)
-    threads: int = attrs.field(default=0, validator=_ge0)
+    threads: int = attrs.field(default=0, validator=[_ge0, attrs.validators.le(MAX_PARALLEL)])
     channels_last: bool = False
 
     @lr_milestones.validator
     def _sorted(self, _attr: Any, value: list[int]) -> None:
-        if list(value) != sorted(value) or any(v <= 0 for v in value):
+        if any(b <= a for a, b in zip(value, value[1:])) or any(v <= 0 for v in value):
             raise ValueError(f"lr_milestones must be increasing positive steps, got {value}")
 
 
@@ -272,6 +283,8 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
     seed, device, output_dir = raw.get("seed", 0), raw.get("device", "auto"), raw.get("output_dir")
     if not isinstance(seed, int) or isinstance(seed, bool):
         problems.append(f"seed: expected int, got {json.dumps(seed)}")
+    elif not 0 <= seed <= INT_MAX:  # what torch.manual_seed and the samplers' generators accept
+        problems.append(f"seed: {seed} is out of range (a seed must lie in 0 .. 2**63-1)")
     if device not in _DEVICES and not (isinstance(device, str) and device.startswith("cuda:")):
         problems.append(f"device: expected one of {', '.join(_DEVICES)} or \"cuda:N\", got {json.dumps(device)}")
     if output_dir is not None and not isinstance(output_dir, str):

@@ -41,6 +41,8 @@ from tface.eval.ijb_data import (
     IJBMeta,
     check_images,
     dataset_fingerprint,
+    find_root,
+    meta_files,
     read_identification_meta,
     read_meta,
 )
@@ -401,6 +403,12 @@ class IJB:
         self.cache_chunk = CACHE_CHUNK
 
     # -- pieces, usable on their own ------------------------------------------------------------------
+
+    def check_inputs(self) -> list[str]:
+        """The meta files of ``target`` missing under ``root`` (their content is checked by :meth:`read`)."""
+        root = find_root(self.config.root, self.config.target)
+        missing = [str(p) for p in meta_files(root, self.config.target).values() if not p.is_file()]
+        return [f"root: {TARGETS[self.config.target][1]} meta files not found: {', '.join(missing)}"] if missing else []
 
     def read(self) -> tuple[IJBMeta, IdentificationMeta | None]:
         """Read and validate every meta file the configuration needs (before any model work)."""

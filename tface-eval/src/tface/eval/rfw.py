@@ -107,11 +107,11 @@ class RFW:
             image_size=image_size,
         )
 
-    def files(self) -> list[tuple[str, pathlib.Path]]:
-        """``(group, file)`` for every group; raises naming every missing file at once."""
+    def _find(self) -> tuple[list[tuple[str, pathlib.Path]], str | None]:
+        """``(group, file)`` of every group found, and what is missing (None when nothing is)."""
         root = self.config.root
         if not root.is_dir():
-            raise FileNotFoundError(f"rfw: root folder {root} does not exist")
+            return [], f"root folder {root} does not exist"
         found, missing = [], []
         for group in self.config.groups:
             for name in dict.fromkeys((f"{group}_test.bin", f"{group.lower()}_test.bin")):
@@ -121,10 +121,20 @@ class RFW:
             else:
                 missing.append(f"{group}_test.bin")
         if missing:
-            raise FileNotFoundError(
-                f"rfw: {root} lacks {', '.join(missing)} (the lower-case spelling is accepted too)"
-            )
+            return found, f"{root} lacks {', '.join(missing)} (the lower-case spelling is accepted too)"
+        return found, None
+
+    def files(self) -> list[tuple[str, pathlib.Path]]:
+        """``(group, file)`` for every group; raises naming every missing file at once."""
+        found, problem = self._find()
+        if problem is not None:
+            raise FileNotFoundError(f"rfw: {problem}")
         return found
+
+    def check_inputs(self) -> list[str]:
+        """The missing root folder or group files, as ``root: ...``."""
+        problem = self._find()[1]
+        return [] if problem is None else [f"root: {problem}"]
 
     def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
         files = self.files()  # fail before spending time on the first group

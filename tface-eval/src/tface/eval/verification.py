@@ -304,6 +304,11 @@ class Verification:
             sets[name] = path
         return list(sets.items())
 
+    def check_inputs(self) -> list[str]:
+        """The explicit ``bins`` that are missing (the provided ones may be written during a run)."""
+        return [f"bins[{i}]: {p} does not exist" if not p.exists() else f"bins[{i}]: {p} is not a file"
+                for i, p in enumerate(self.config.bins) if not p.is_file()]
+
     def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
         sets = self.datasets(ctx)
         if not sets:

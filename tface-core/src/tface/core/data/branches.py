@@ -59,7 +59,7 @@ class _Branch:
         self.epoch = 0
         ds = spec.dataset
         gen = torch.Generator()
-        gen.manual_seed(seed * 1000 + index)  # distinct worker seeds per branch, reproducible per run
+        gen.manual_seed((seed * 1000 + index) % 2**64)  # distinct worker seeds per branch, reproducible per run
         common = dict(collate_fn=collate_faces, num_workers=num_workers, persistent_workers=num_workers > 0,
                       pin_memory=pin_memory, worker_init_fn=worker_init_fn or seed_worker, generator=gen)
         if spec.sampler == "balanced":

@@ -17,7 +17,7 @@ from tface.core.data.base import LABEL_GAPS, ON_ERROR, FaceDataset, Transform, l
 from tface.core.data.errors import DataError
 from tface.core.data.image import ImageDecodeError, decode_rgb, max_image_pixels
 from tface.core.data.imagelist import ImageList, read_image_list, scan_folder
-from tface.core.data.source import DatasetSource
+from tface.core.data.source import DatasetSource, missing_path
 
 __all__ = ["ImageFileDataset", "ImageFolderSource", "ImageListSource"]
 
@@ -81,6 +81,9 @@ class ImageFolderSource(DatasetSource):
         return ImageFileDataset(images, image_size=self.image_size, transform=transform,
                                 on_error=self.on_error, label_gaps=self.label_gaps)
 
+    def check_inputs(self) -> list[str]:
+        return missing_path("root", self.root, "folder")
+
 
 class ImageListSource(DatasetSource):
     """An image list (``path``, ``path<TAB>label`` or ``path label`` lines); see :func:`read_image_list`."""
@@ -104,3 +107,6 @@ class ImageListSource(DatasetSource):
     def train_dataset(self, transform: Transform | None = None) -> ImageFileDataset:
         return ImageFileDataset(read_image_list(self.list, self.root), image_size=self.image_size,
                                 transform=transform, on_error=self.on_error, label_gaps=self.label_gaps)
+
+    def check_inputs(self) -> list[str]:
+        return [*missing_path("list", self.list), *missing_path("root", self.root, "folder")]

@@ -39,7 +39,7 @@ def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
     g = torch.Generator()
-    g.manual_seed(seed + epoch)
+    g.manual_seed((seed + epoch) % 2**64)  # a torch seed is 64-bit; any recipe seed (< 2**63) fits
     return g
 
 

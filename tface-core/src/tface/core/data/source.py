@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from tface.core.data.base import LABEL_GAPS, ON_ERROR
 from tface.core.data.dataset import IndexedTFRecordDataset
 
-__all__ = ["DatasetSource", "IndexedTFRecordSource", "Transform"]
+__all__ = ["DatasetSource", "IndexedTFRecordSource", "Transform", "missing_path"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -33,6 +33,28 @@ class DatasetSource(abc.ABC):
     def eval_sets(self) -> dict[str, dict[str, Path]]:
         """Evaluation files this source offers: ``{protocol: {dataset name: path}}``."""
         return {}
+
+    def check_inputs(self) -> list[str]:
+        """Problems with the files this source reads, each ``"<option>: <what is wrong>"``; empty when none.
+
+        Only cheap checks (does the path exist, is it a file or a folder), so ``tface run --dry-run`` and
+        the start of a run (before the run folder is created) can report a missing path at once. A source
+        that reads no user files (it generates its data) has nothing to check.
+        """
+        return []
+
+
+def missing_path(option: str, path: Path | None, kind: str = "file") -> list[str]:
+    """``["<option>: <path> does not exist"]`` (or "is not a file/folder") when ``path`` is unusable, else ``[]``."""
+    if path is None:
+        return []
+    if not path.exists():
+        return [f"{option}: {path} does not exist"]
+    if kind == "file" and not path.is_file():
+        return [f"{option}: {path} is not a file"]
+    if kind == "folder" and not path.is_dir():
+        return [f"{option}: {path} is not a folder"]
+    return []
 
 
 class IndexedTFRecordSource(DatasetSource):
@@ -67,3 +89,7 @@ class IndexedTFRecordSource(DatasetSource):
 
     def eval_sets(self) -> dict[str, dict[str, Path]]:
         return {"verification": {b.stem: b for b in self.bins}} if self.bins else {}
+
+    def check_inputs(self) -> list[str]:
+        return [*missing_path("index", self.index), *missing_path("root", self.root, "folder"),
+                *(p for i, b in enumerate(self.bins) for p in missing_path(f"bins[{i}]", b))]

@@ -16,13 +16,15 @@ from torch import nn
 from tface.core import recipe as recipe_mod
 from tface.core import registry
 from tface.core.classifier import Classifier
+from tface.core.config import ConfigError
 from tface.core.data.branches import BranchLoader, BranchSpec, MultiBatch
 from tface.core.data.errors import DataError
 from tface.core.data.image import normalize
 from tface.core.hooks import plugin_manager
 from tface.core.protocol import EvalContext
+from tface.core.protocol import check_inputs as protocol_inputs
 from tface.core.report import markdown_table, write_plots, write_reports
-from tface.core.train import checkpoint
+from tface.core.train import checkpoint, rundir
 from tface.core.train.optim import lr_factor, param_groups
 from tface.core.train.progress import Progress
 
@@ -70,11 +72,24 @@ class Components:
 
     def __init__(self, recipe: recipe_mod.Recipe):
         self.recipe = recipe
-        self.sources = [b.source.build() for b in recipe.data]
-        self.backbone: nn.Module = recipe.backbone.build()
-        self.head: nn.Module = recipe.head.build()
-        self.augmenters = [c.build() for c in recipe.augment]
-        self.protocols = [c.build() for c in recipe.eval]
+        self.data_keys = ["data" if len(recipe.data) == 1 else f"data[{i}]" for i in range(len(recipe.data))]
+        self.sources = [b.source.build(key) for b, key in zip(recipe.data, self.data_keys)]
+        self.backbone: nn.Module = recipe.backbone.build("backbone")
+        self.head: nn.Module = recipe.head.build("head")
+        self.augmenters = [c.build(f"augment[{i}]") for i, c in enumerate(recipe.augment)]
+        self.protocols = [c.build(f"eval[{i}]") for i, c in enumerate(recipe.eval)]
+
+    def check_inputs(self) -> None:
+        """Raise :class:`ConfigError` naming the recipe key and path of every input file that is missing.
+
+        Asks each data source and protocol (``check_inputs()``), so a missing index, image folder or ``.bin``
+        is reported by ``--dry-run`` and before a run folder exists, not minutes into a run.
+        """
+        problems = [f"{key}.{p}" for key, src in zip(self.data_keys, self.sources) for p in src.check_inputs()]
+        problems += [f"eval[{i}].{p}" for i, proto in enumerate(self.protocols) for p in protocol_inputs(proto)]
+        if problems:
+            where = self.recipe.source
+            raise ConfigError([f"{where}: {p}" if where is not None else p for p in problems])
 
     def describe(self) -> list[str]:
         def params(m: nn.Module) -> str:
@@ -132,23 +147,45 @@ def _data_errors(loader, step: Callable[[], int]):
 class Trainer:
     """Single-process trainer (CPU or one GPU). Writes everything into ``run_dir``."""
 
-    def __init__(self, recipe: recipe_mod.Recipe, run_dir: str | Path, *, plugins: Sequence[Any] = (),
-                 echo: Callable[[str], None] | None = None):
+    def __init__(self, recipe: recipe_mod.Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False,
+                 plugins: Sequence[Any] = (), echo: Callable[[str], None] | None = None):
+        """``run_dir`` defaults to the recipe's ``output_dir``, else a new ``runs/<recipe>-<time>``.
+
+        An existing folder must be empty, or hold an earlier run and ``overwrite`` be set (see
+        :func:`tface.core.train.rundir.prepare_run_dir`); nothing is created before the inputs are checked.
+        """
         self.recipe = recipe
-        self.run_dir = Path(run_dir)
+        self.run_dir_arg = Path(run_dir) if run_dir is not None else None
+        #: The run folder; for the default ``runs/<recipe>-<time>`` known only once :meth:`run` created it.
+        self.run_dir: Path | None = self.run_dir_arg or recipe.output_dir
+        self.overwrite = overwrite
         self.echo = echo or (lambda msg: print(msg, flush=True))
         self.pm = plugin_manager(list(plugins))
         self.cfg = recipe.train
         self.results: list[dict[str, Any]] = []
+        self.step = 0
 
     # -- setup -------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Seed, build and check every component; only then create (or clear) the run folder."""
+        _seed_all(self.recipe.seed)
+        self.device = resolve_device(self.recipe.device)
+        self.parts = build_components(self.recipe)
+        self.parts.check_inputs()
+        if self.run_dir_arg is not None:
+            self.run_dir = rundir.prepare_run_dir(self.run_dir_arg, self.overwrite, "--output-dir")
+        elif self.recipe.output_dir is not None:
+            self.run_dir = rundir.prepare_run_dir(self.recipe.output_dir, self.overwrite, "output_dir")
+        else:
+            stem = self.recipe.source.stem if self.recipe.source is not None else "run"
+            self.run_dir = rundir.default_run_dir(stem)
+        self.folder = rundir.RunDir(self.run_dir)
+        self.folder.start()
+
     def _setup(self) -> None:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        _seed_all(self.recipe.seed)
-        self.device = resolve_device(self.recipe.device)
-        self.parts = build_components(self.recipe)
         self.echo("preparing data ...")
         t0 = time.perf_counter()
         transform = Compose(self.parts.augmenters) if self.parts.augmenters else None
@@ -174,7 +211,13 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         emb = embedding_size_of(self.backbone)
         # One classifier per branch: class spaces of different data sets never mix (TFace: one head each).
-        heads = [self.parts.head] + [self.recipe.head.build() for _ in specs[1:]]
+        heads = [self.parts.head] + [self.recipe.head.build("head") for _ in specs[1:]]
+        for i, s in enumerate(specs):
+            n = int(s.dataset.num_classes)
+            if n < 2:
+                raise TrainingError(
+                    f"{self.parts.data_keys[i]} ({self.recipe.data[i].source.name}): the data set has {n} "
+                    f"identit{'y' if n == 1 else 'ies'}; training a classifier needs at least 2")
         self.classifiers = nn.ModuleDict({
             s.name: Classifier(int(s.dataset.num_classes), emb, head) for s, head in zip(specs, heads)
         }).to(self.device)
@@ -217,6 +260,7 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
     def _checkpoint(self, step: int, epoch: int) -> Path:
+        assert self.run_dir is not None
         ckpt_dir = self.run_dir / "checkpoints"
         state = {
             "step": step,
@@ -229,12 +273,14 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": [int(x) for x in np.random.get_state()[1]]},
         }
+        self.folder.claim(ckpt_dir / "last.pt", ckpt_dir / "backbone.pt")
         path = checkpoint.save(ckpt_dir / "last.pt", state)
         checkpoint.save(ckpt_dir / "backbone.pt", self.backbone.state_dict())
         self.pm.hook.tface_checkpoint_saved(step=step, path=path)
         return path
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
+        assert self.run_dir is not None
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -277,6 +323,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 step += 1
+                self.step = step
                 for n, (branch_loss, correct, seen) in stats.items():
                     w = window[n]
                     w[0] += branch_loss * seen
@@ -321,13 +368,27 @@ class Trainer:
 
     # -- the whole run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """The whole run; ``status.json`` in the run folder says running, then done, failed or interrupted."""
         t_start = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "recipe.toml").write_text(recipe_mod.dumps(self.recipe), encoding="utf-8")
-        (self.run_dir / "plugins.json").write_text(
-            json.dumps(registry.loaded_versions(), indent=2) + "\n", encoding="utf-8"
-        )
-        (self.run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+        self._prepare()
+        try:
+            out = self._run(t_start)
+        except KeyboardInterrupt:
+            self.folder.finish("interrupted", self.step, "KeyboardInterrupt")
+            raise
+        except BaseException as exc:
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else ""
+            self.folder.finish("failed", self.step, f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+            raise
+        self.folder.finish("done", self.step)
+        return out
+
+    def _run(self, t_start: float) -> dict[str, Any]:
+        assert self.run_dir is not None
+        self.folder.write_text("recipe.toml", recipe_mod.dumps(self.recipe))
+        self.folder.write_text("plugins.json", json.dumps(registry.loaded_versions(), indent=2) + "\n")
+        self.folder.write_text("metrics.jsonl", "")
         self._setup()
         if self.cfg.eval_at_start and self.parts.protocols:
             self.echo("evaluating the untrained model ...")
@@ -351,8 +412,10 @@ class Trainer:
             summary["skipped_samples"] = skipped
             self.echo("skipped bad samples: " + ", ".join(f"{n}: {k}" for n, k in skipped.items())
                       + " (the log lists each one)")
+        self.folder.claim("report.json", "report.md")
         write_reports(self.run_dir, self.results, summary)
-        _, note = write_plots(self.run_dir, self.results)  # ROC / DET PNGs when matplotlib is installed
+        plots, note = write_plots(self.run_dir, self.results)  # ROC / DET PNGs when matplotlib is installed
+        self.folder.claim(*plots)
         if note:
             self.echo(note)
         self.pm.hook.tface_run_end(run_dir=self.run_dir, step=step, results=self.results)
