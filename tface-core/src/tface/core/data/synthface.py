@@ -26,21 +26,13 @@ from tface.core.data.binfile import write_bin
 from tface.core.data.dataset import IndexedTFRecordDataset
 from tface.core.data.source import DatasetSource, Transform
 from tface.core.data.writer import ShardWriter
-from tface.core.fsutil import atomic_write_bytes
+from tface.core.fsutil import atomic_write_bytes, default_cache_root
 
 __all__ = ["SynthFaceSource", "SynthPaths", "default_cache_root"]
 
 RECORD_NAME = "synthface"
 MANIFEST = "synthface.json"
 _pos = attrs.validators.gt(0)
-
-
-def default_cache_root() -> Path:
-    """``$TFACE_CACHE``, else ``$XDG_CACHE_HOME/tface``, else ``~/.cache/tface``."""
-    if os.environ.get("TFACE_CACHE"):
-        return Path(os.environ["TFACE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tface"
 
 
 @attrs.frozen
