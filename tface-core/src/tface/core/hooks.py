@@ -87,7 +87,7 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> str | None:
     try:
         pm.register(plugin, name=name)
     except (pluggy.PluginValidationError, ValueError) as exc:  # bad hook signature, duplicate
-        return str(exc)
+        return " ".join(str(exc).split())  # pluggy's message spans lines
     for caller in pm.get_hookcallers(plugin) or []:
         if caller.has_spec() or all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin):
             continue

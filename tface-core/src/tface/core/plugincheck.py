@@ -10,6 +10,7 @@ broken component is imported again each time, so it always shows as broken.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -98,8 +99,6 @@ def statuses(entries: Iterable[registry.Entry], *, remembered: bool = True) -> d
         (ok.add if out[e] == "ok" else ok.discard)(_key(e))
     if ok != before:
         data = {"environment": env, "files": {**files, **_module_files()}, "ok": sorted(ok)}
-        try:
+        with contextlib.suppress(OSError):  # a read-only home only costs speed
             atomic_write_bytes(store_path(), json.dumps(data).encode())
-        except OSError:  # a read-only home only costs speed
-            pass
     return out
