@@ -94,10 +94,13 @@ def good_commands(site, tmp_path) -> str:
 def test_raising_command_hook_costs_only_its_own_commands(site, good_commands, tmp_path, cache):
     mod = f"badcmds_{tmp_path.name}"
     site("bad-cmds", {"tface.plugins": {"cmds": mod}}, {f"{mod}.py": RAISING_COMMANDS})
+    site("exit-cmds", {"tface.plugins": {"cmds": f"exitcmds_{tmp_path.name}"}},
+         {f"exitcmds_{tmp_path.name}.py": RAISING_COMMANDS.replace('raise ValueError("boom in the command hook")',
+                                                                   "raise SystemExit(2)")})
     res = invoke("bench", "--help")
     assert res.exit_code == 0, res.output
     assert "hello" in res.stdout and "partial" not in res.stdout  # what it added before raising is dropped
-    assert res.stderr.count("warning:") == 1
+    assert res.stderr.count("warning:") == 2 and "'exit-cmds:cmds' is broken" in res.stderr
     assert "'bad-cmds:cmds'" in res.stderr and "ValueError: boom in the command hook" in res.stderr
     assert invoke("bench", "hello").stdout.strip() == "hello from a good plugin"
     assert invoke("--help").exit_code == 0
@@ -106,6 +109,7 @@ def test_raising_command_hook_costs_only_its_own_commands(site, good_commands, t
     rows = rows_of(res)
     assert rows["bad-cmds:cmds"]["status"] == (
         "broken: tface_register_commands raised ValueError: boom in the command hook")
+    assert rows["exit-cmds:cmds"]["status"] == "broken: tface_register_commands raised SystemExit: 2"
     assert rows["good-cmds:cmds"]["status"] == "ok"
     assert "warning:" not in res.stderr  # once per process
 

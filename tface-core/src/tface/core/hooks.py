@@ -106,6 +106,7 @@ def plugin_manager(extra: list[Any] = ()) -> pluggy.PluginManager:
     pm = pluggy.PluginManager("tface")
     pm.add_hookspecs(HookSpecs)
     for entry in registry.entries("plugins"):
+        _problems.pop(entry, None)  # judged afresh (a fixed plugin, after registry.clear_cache())
         try:
             plugin = registry.get("plugins", entry.qualified)
         except registry.PluginLoadError as exc:

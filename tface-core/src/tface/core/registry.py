@@ -38,6 +38,7 @@ __all__ = [
     "get",
     "create",
     "status",
+    "is_loaded",
     "clear_cache",
     "warn_once",
 ]
