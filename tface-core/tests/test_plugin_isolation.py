@@ -196,7 +196,7 @@ def test_load_plugins_typo_warns_once(site, tmp_path, monkeypatch, capsys):
     registry.names("backbones")
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
-        "warning: TFACE_LOAD_PLUGINS names 'tface-backbone', which match no installed distribution; "
+        "warning: TFACE_LOAD_PLUGINS names 'tface-backbone', which matches no installed distribution; "
         "did you mean 'tface-backbones'?"]
     monkeypatch.setenv("TFACE_LOAD_PLUGINS", "dist-a")
     registry.names("heads")

@@ -141,7 +141,8 @@ def _check_allowed(allowed: frozenset[str]) -> None:
         return
     hints = [h for h in (closest(u, sorted(installed)) for u in unknown) if h]
     warn_once(
-        f"{LOAD_ENV} names {', '.join(repr(u) for u in unknown)}, which match no installed distribution"
+        f"{LOAD_ENV} names {', '.join(repr(u) for u in unknown)}, which "
+        f"{'matches' if len(unknown) == 1 else 'match'} no installed distribution"
         + (f'; did you mean {", ".join(repr(installed[h]) for h in hints)}?' if hints else "")
     )
 
