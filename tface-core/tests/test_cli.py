@@ -19,7 +19,8 @@ def test_version():
     assert res.exit_code == 0 and res.output.strip() == f"tface, version {__version__}"
 
 
-def test_list_json_and_table(toy_plugins):
+def test_list_json_and_table(toy_plugins, tmp_path, monkeypatch):
+    monkeypatch.setenv("TFACE_CACHE", str(tmp_path / "cache"))  # remembered checks stay out of ~/.cache
     res = invoke("list", "heads", "--json")
     rows = json.loads(res.output)
     (row,) = [r for r in rows if r["name"] == "toyhead"]

@@ -109,7 +109,7 @@ def test_broken_installed_dist_shows_in_tface_list(tmp_path):
     target = tmp_path / "target"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--no-index", "--target", str(target), str(src)], check=True, capture_output=True)
-    env = {**__import__("os").environ, "PYTHONPATH": str(target)}
+    env = {**__import__("os").environ, "PYTHONPATH": str(target), "TFACE_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-m", "tface.core.cli", "list", "heads", "--json"], env=env,
                          check=True, capture_output=True, text=True).stdout
     rows = {r["name"]: r for r in json.loads(out)}

@@ -28,23 +28,32 @@ class _Group(click.Group):
 
 
 class _RootGroup(_Group):
-    """The ``tface`` group: plugins add commands through the ``tface_register_commands`` hook on first use."""
+    """The ``tface`` group: plugins add commands through the ``tface_register_commands`` hook on first use.
 
-    _plugins_loaded = False
+    Each plugin's hook runs on its own (``hooks.register_commands``), so a broken plugin costs only its own
+    commands. The commands are registered again when the installed hook plugins change (tests, notebooks)."""
+
+    _plugins_key: tuple[object, ...] | None = None
+    _base_commands: dict[str, dict[str, click.Command]] | None = None
+
+    def _groups(self) -> dict[str, click.Group]:
+        return {"tface": self, **{n: c for n, c in self.commands.items() if isinstance(c, click.Group)}}
 
     def _load_plugin_commands(self) -> None:
-        if self._plugins_loaded:
+        key = tuple(registry.entries("plugins"))
+        if key == self._plugins_key:
             return
-        self._plugins_loaded = True
-        from tface.core.hooks import HookPluginError, plugin_manager
+        from tface.core import hooks
 
-        try:
-            pm = plugin_manager()
-        except HookPluginError as exc:
-            click.echo(f"warning: plugin commands not loaded: {exc}", err=True)
-            return
-        groups = {"tface": self, **{n: c for n, c in self.commands.items() if isinstance(c, click.Group)}}
-        pm.hook.tface_register_commands(groups=groups)
+        groups = self._groups()
+        if self._base_commands is None:
+            self._base_commands = {name: dict(g.commands) for name, g in groups.items()}
+        else:  # forget the commands of the previous set of plugins
+            for name, group in groups.items():
+                group.commands.clear()
+                group.commands.update(self._base_commands.get(name, {}))
+        self._plugins_key = key
+        hooks.register_commands(hooks.plugin_manager(), self._groups())
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
@@ -79,10 +88,23 @@ def export_cmd() -> None:
 @click.argument("kind", required=False, type=click.Choice(registry.KINDS))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--no-check", is_flag=True, help="Read metadata only; do not import plugins to check them.")
-def list_cmd(kind: str | None, as_json: bool, no_check: bool) -> None:
-    """List registered components (all kinds, or one KIND)."""
+@click.option("--check", "full_check", is_flag=True,
+              help="Import every listed component now (ignore remembered checks); exit status 1 if any is broken.")
+def list_cmd(kind: str | None, as_json: bool, no_check: bool, full_check: bool) -> None:
+    """List registered components (all kinds, or one KIND) and whether each loads.
+
+    A component is checked by importing it; a passed check is remembered until anything it imported
+    changes (docs/plugins.md). Exit status: 0, also when some component is broken; with --check, 1
+    when any listed component is broken."""
+    from tface.core import hooks, plugincheck
+
+    if no_check and full_check:
+        raise click.UsageError("--check and --no-check exclude each other")
+    listed = registry.entries(kind)
+    known = hooks.problems()  # hook plugins found broken while loading the commands
+    checked = {} if no_check else plugincheck.statuses(listed, remembered=not full_check)
     rows = []
-    for e in registry.entries(kind):
+    for e in listed:
         rows.append({
             "kind": e.kind,
             "name": e.name,
@@ -90,14 +112,23 @@ def list_cmd(kind: str | None, as_json: bool, no_check: bool) -> None:
             "distribution": e.distribution,
             "version": e.version,
             "target": e.target,
-            "status": "unchecked" if no_check else registry.status(e),
+            "status": f"broken: {known[e]}" if e in known else checked.get(e, "unchecked"),
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
+    elif not rows:
         click.echo("no components registered" + (f" for {kind}" if kind else ""))
-        return
+    else:
+        _print_table(rows)
+    broken = [r for r in rows if r["status"].startswith("broken")]
+    if full_check and broken:
+        raise click.ClickException(
+            f"{len(broken)} of {len(rows)} listed components are broken: "
+            + ", ".join(f"{r['kind']} {r['name']!r} ({r['distribution']})" for r in broken)
+        )
+
+
+def _print_table(rows: list[dict]) -> None:
     cols = ["kind", "name", "distribution", "version", "status"]
     if any(len(r["aliases"]) > 1 for r in rows):  # the last alias is always "dist:name"
         cols.insert(2, "also")

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees half a file, and a crash never leaves one behind.
+"""Atomic file writes: a reader never sees half a file, and a crash never leaves one behind; also the cache folder.
 
 The result has the permissions a plain ``open(path, "w")`` would give it: an existing file keeps its
 mode, a new one gets ``0o666 & ~umask`` (``mkstemp`` alone would leave every file ``0600``).
@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "current_umask", "new_file_mode", "new_dir_mode"]
+__all__ = ["atomic_write", "atomic_write_bytes", "current_umask", "new_file_mode", "new_dir_mode",
+           "default_cache_root"]
 
 _umask_lock = threading.Lock()
 
@@ -73,3 +74,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
+
+
+def default_cache_root() -> Path:
+    """``$TFACE_CACHE``, else ``$XDG_CACHE_HOME/tface``, else ``~/.cache/tface``."""
+    if os.environ.get("TFACE_CACHE"):
+        return Path(os.environ["TFACE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tface"

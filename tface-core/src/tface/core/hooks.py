@@ -7,21 +7,25 @@ Hook implementations live in modules registered under the ``tface.plugins`` entr
     @hookimpl
     def tface_step_end(step, metrics): ...
 
-A module that fails to import is reported (with its distribution) and skipped; a misspelled hook name is
-an error (``check_pending``), so a callback never silently does nothing.
+One broken plugin never takes the others down: a module that fails to import, a misspelled hook name
+(``check_pending`` for that plugin alone) or a ``tface_register_commands`` that raises makes that plugin
+*broken*: it is skipped with one warning on stderr, ``tface list`` shows the reason, the others keep working.
+Recipes cannot name hook plugins, so no run needs one; plugins passed to the trainer in code are needed,
+and a misspelled hook there is an error (:class:`HookPluginError`).
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from tface.core import registry
+from tface.core.config import closest
 
-__all__ = ["hookspec", "hookimpl", "HookSpecs", "plugin_manager", "HookPluginError"]
+__all__ = ["hookspec", "hookimpl", "HookSpecs", "plugin_manager", "register_commands", "problems",
+           "HookPluginError"]
 
 hookspec = pluggy.HookspecMarker("tface")
 hookimpl = pluggy.HookimplMarker("tface")
@@ -65,21 +69,78 @@ class HookSpecs:
         keep the module light and import heavy libraries inside the commands."""
 
 
+_problems: dict[registry.Entry, str] = {}  # broken hook plugins found in this process -> why
+
+
+def problems() -> dict[registry.Entry, str]:
+    """Hook plugins found broken in this process (entry → reason), for ``tface list``."""
+    return dict(_problems)
+
+
+def _broken(entry: registry.Entry, reason: str, consequence: str = "it was skipped") -> None:
+    _problems[entry] = reason
+    registry.warn_once(f"hook plugin {entry.qualified!r} is broken ({reason}); {consequence}")
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> str | None:
+    """Register ``plugin``; if it is invalid, unregister it again and return why."""
+    try:
+        pm.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:  # bad hook signature, duplicate
+        return " ".join(str(exc).split())  # pluggy's message spans lines
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.has_spec() or all(impl.optionalhook for impl in caller.get_hookimpls() if impl.plugin is plugin):
+            continue
+        pm.unregister(plugin)
+        hint = closest(caller.name, [n for n in dir(HookSpecs) if n.startswith("tface_")])
+        return f"unknown hook {caller.name!r}" + (f'; did you mean "{hint}"?' if hint else "")
+    return None
+
+
 def plugin_manager(extra: list[Any] = ()) -> pluggy.PluginManager:
-    """A fresh manager with every ``tface.plugins`` entry point (and ``extra`` objects) registered."""
+    """A fresh manager with every valid ``tface.plugins`` entry point (and ``extra`` objects) registered.
+
+    A broken entry-point plugin is skipped with a warning (see the module docstring); an invalid ``extra``
+    object raises :class:`HookPluginError`, since the caller asked for it.
+    """
     pm = pluggy.PluginManager("tface")
     pm.add_hookspecs(HookSpecs)
     for entry in registry.entries("plugins"):
+        _problems.pop(entry, None)  # judged afresh (a fixed plugin, after registry.clear_cache())
         try:
             plugin = registry.get("plugins", entry.qualified)
         except registry.PluginLoadError as exc:
-            warnings.warn(f"skipping hook plugin: {exc}", RuntimeWarning, stacklevel=2)
+            cause = exc.__cause__
+            _broken(entry, f"{type(cause).__name__}: {cause}" if cause else str(exc))
             continue
-        pm.register(plugin, name=entry.qualified)
+        reason = _register(pm, plugin, entry.qualified)
+        if reason:
+            _broken(entry, reason)
     for i, plugin in enumerate(extra):
-        pm.register(plugin, name=f"extra-{i}")
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise HookPluginError(f"hook plugin {exc.plugin!r}: {exc}") from exc
+        reason = _register(pm, plugin, f"extra-{i}")
+        if reason:
+            raise HookPluginError(f"hook plugin {plugin!r}: {reason}")
     return pm
+
+
+def register_commands(pm: pluggy.PluginManager, groups: dict[str, Any]) -> None:
+    """Call each plugin's ``tface_register_commands`` on its own; one that raises adds nothing and is broken
+    (its life-cycle hooks still run: only its commands are missing)."""
+    entries = {e.qualified: e for e in registry.entries("plugins")}
+    plugins = {impl.plugin_name: impl.plugin for impl in pm.hook.tface_register_commands.get_hookimpls()}
+    for name, plugin in plugins.items():
+        before = {key: dict(group.commands) for key, group in groups.items()}
+        caller = pm.subset_hook_caller("tface_register_commands", [p for p in pm.get_plugins() if p is not plugin])
+        try:
+            caller(groups=groups)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin may not end the CLI
+            for key, group in groups.items():  # drop what it added before failing
+                group.commands.clear()
+                group.commands.update(before[key])
+            reason = f"tface_register_commands raised {type(exc).__name__}: {exc}"
+            if name in entries:
+                _broken(entries[name], reason, "its commands were not added")
+            else:
+                registry.warn_once(f"hook plugin {name!r}: {reason}; its commands were not added")

@@ -2,7 +2,8 @@
 
 Every component, built-in or third-party, is an entry point in one of the ``tface.<kind>`` groups.
 Listing reads distribution metadata only; an entry point is imported the first time it is asked for,
-and the result (object or failure) is cached. One broken plugin never stops the others.
+and the result (object or failure) is cached. One broken plugin never stops the others: any exception at
+import (``SystemExit`` included; only ``KeyboardInterrupt`` passes) marks that entry point broken.
 
 Several entry points of one distribution with the same target are one component: the entry named
 like the target's object (else the first lower-case name) is its name, the others are aliases
@@ -15,12 +16,14 @@ import functools
 import importlib
 import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 import importlib_metadata
 
+from tface.core import catalog
 from tface.core.config import closest, validate_options
 
 __all__ = [
@@ -35,7 +38,9 @@ __all__ = [
     "get",
     "create",
     "status",
+    "is_loaded",
     "clear_cache",
+    "warn_once",
 ]
 
 KINDS: tuple[str, ...] = ("backbones", "heads", "losses", "augmenters", "datasets", "protocols", "plugins")
@@ -96,13 +101,50 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print ``warning: message`` on stderr, once per process (plugin problems are found on every lookup)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _allowed() -> set[str] | None:
     raw = os.environ.get(LOAD_ENV)
     if raw is None:
         return None
     allowed = {canonical(p.strip()) for p in raw.split(",") if p.strip()}
     allowed.add(CORE_DISTRIBUTION)  # the host is always present
+    _check_allowed(frozenset(allowed))
     return allowed
+
+
+@functools.cache
+def _installed() -> dict[str, str]:
+    """Canonical name → name of every installed distribution."""
+    out: dict[str, str] = {}
+    for dist in importlib_metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            out.setdefault(canonical(name), name)
+    return out
+
+
+@functools.cache
+def _check_allowed(allowed: frozenset[str]) -> None:
+    """Warn about ``TFACE_LOAD_PLUGINS`` names that match no installed distribution (a typo hides a plugin)."""
+    installed = _installed()
+    unknown = sorted(allowed - installed.keys())
+    if not unknown:
+        return
+    hints = [h for h in (closest(u, sorted(installed)) for u in unknown) if h]
+    warn_once(
+        f"{LOAD_ENV} names {', '.join(repr(u) for u in unknown)}, which "
+        f"{'matches' if len(unknown) == 1 else 'match'} no installed distribution"
+        + (f'; did you mean {", ".join(repr(installed[h]) for h in hints)}?' if hints else "")
+    )
 
 
 @functools.cache
@@ -160,9 +202,10 @@ def resolve(kind: str, name: str) -> Entry:
         hint = closest(short, sorted({n for e in known for n in e.all_names}))
         where = f" from distribution {dist_part!r}" if ":" in name else ""
         raise UnknownComponentError(
-            f"unknown {kind[:-1] if kind.endswith('s') else kind} {name!r}{where}"
+            f"unknown {_singular(kind)} {name!r}{where}"
             + (f'; did you mean "{hint}"?' if hint else "")
             + f" (known {kind}: {', '.join(all_names) or 'none'})"
+            + _install_hint(kind, short, known)
         )
     if len(matches) > 1:
         dists = " and ".join(repr(e.distribution) for e in matches)
@@ -173,6 +216,20 @@ def resolve(kind: str, name: str) -> Entry:
     return matches[0]
 
 
+def _install_hint(kind: str, name: str, known: list[Entry]) -> str:
+    """For a name one of tface's own distributions provides, or a kind nothing provides: what to install."""
+    dist = catalog.provider(kind, name)
+    if dist is None and not known:
+        dist = next(iter(catalog.providers_of(kind)), None)
+    if dist is None or any(canonical(e.distribution) == dist for e in known):
+        return ""
+    what = f"{name!r} comes with" if catalog.provider(kind, name) else f"{kind} come with"
+    allowed = _allowed()
+    if dist in _installed() and allowed is not None and dist not in allowed:
+        return f"; {what} {dist}, which {LOAD_ENV}={os.environ[LOAD_ENV]!r} leaves out: add {dist} to it"
+    return f"; {what} {dist}: pip install {dist}"
+
+
 _loaded: dict[tuple[str, str, str], Any] = {}
 
 
@@ -181,7 +238,9 @@ def _load(entry: Entry) -> Any:
     if key not in _loaded:
         try:
             _loaded[key] = entry.entry_point.load()
-        except Exception as exc:  # any failure inside a plugin's import is that plugin's problem
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit, GeneratorExit, ... inside a plugin's import: its problem
             _loaded[key] = PluginLoadError(
                 f"{entry.kind[:-1]} {entry.name!r} from distribution {entry.distribution!r} "
                 f"(entry point {entry.name} = {entry.target!r}) failed to load: "
@@ -211,6 +270,11 @@ def _singular(kind: str) -> str:
             "datasets": "dataset", "protocols": "protocol", "plugins": "plugin"}.get(kind, kind)
 
 
+def is_loaded(entry: Entry) -> bool:
+    """Whether this process has already imported ``entry`` (or failed to)."""
+    return (entry.kind, canonical(entry.distribution), entry.name) in _loaded
+
+
 def status(entry: Entry) -> str:
     """``"ok"`` or ``"broken: <reason>"``; imports the entry (this is the one listing call that does)."""
     try:
@@ -233,5 +297,8 @@ def loaded_versions(kinds: Iterable[str] = KINDS) -> dict[str, str]:
 def clear_cache() -> None:
     """Forget scanned metadata and loaded objects (after installing a plugin at run time; tests)."""
     _scan.cache_clear()
+    _installed.cache_clear()
+    _check_allowed.cache_clear()
     _loaded.clear()
+    _warned.clear()
     importlib.invalidate_caches()

@@ -26,7 +26,7 @@ from tface.core.data.binfile import write_bin
 from tface.core.data.dataset import IndexedTFRecordDataset
 from tface.core.data.source import DatasetSource, Transform
 from tface.core.data.writer import ShardWriter
-from tface.core.fsutil import atomic_write_bytes
+from tface.core.fsutil import atomic_write_bytes, default_cache_root
 from tface.core.outdir import OutputFolder
 
 __all__ = ["SynthFaceSource", "SynthPaths", "default_cache_root"]
@@ -52,14 +52,6 @@ def _within(low: float, high: float):
 def _even_pairs(_inst: object, _attr: attrs.Attribute, value: int) -> None:
     if value <= 0 or value % 2:
         raise ValueError(f"must be a positive even number (half genuine, half impostor pairs), got {value}")
-
-
-def default_cache_root() -> Path:
-    """``$TFACE_CACHE``, else ``$XDG_CACHE_HOME/tface``, else ``~/.cache/tface``."""
-    if os.environ.get("TFACE_CACHE"):
-        return Path(os.environ["TFACE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tface"
 
 
 @attrs.frozen
