@@ -142,6 +142,10 @@ def test_bin_degenerate_landmarks_and_raw_photos_without_landmarks(photos, tmp_p
     assert "degenerate" in result.output and len(result.output.strip().splitlines()) == 1
     result = data("bin", pairs, tmp_path / "o.bin", "--root", root)
     assert result.exit_code == 1 and "is 300x260, expected 112x112" in result.output and "--landmarks" in result.output
+    pts.write_text("Ann_A/Ann_A_0001.jpg 1 2 3\n")
+    result = data("bin", pairs, tmp_path / "o.bin", "--root", root, "--landmarks", pts)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {pts}:1: expected a path then 10 or 136")
+    assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "o.bin").exists()
 
 
