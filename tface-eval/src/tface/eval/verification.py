@@ -7,7 +7,9 @@ embeddings. Embeddings and distances are float32, normalised like ``sklearn.prep
 
 Each set is embedded once; the flip-test and no-flip accuracies (insightface prints the latter as 0), the
 exact sorted-split accuracy, the mean best threshold (TFace's second number), TAR@FAR=1e-3 and a small ROC
-curve for plots are all derived from the same raw embeddings.
+curve for plots are all derived from the same raw embeddings. Within a set each distinct image (equal
+encoded bytes) is decoded and embedded once and its embedding copied to every slot that holds it: public
+sets repeat images across pairs, and a forward pass per slot would only recompute the same rows.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from tface.eval.metrics import exact_accuracy, pair_distances, verification_metr
 __all__ = [
     "Verification",
     "bin_set_metrics",
+    "distinct_slots",
     "embed_pairs",
     "embed_raw",
+    "is_channels_last",
     "l2_normalize",
     "load_crops",
     "pair_set_metrics",
@@ -80,8 +84,9 @@ def load_crops(
     return torch.stack(crops)
 
 
-def _embed(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> np.ndarray:
-    out = model(normalize(batch).to(device=device, dtype=dtype))
+def _embed(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype,
+           memory_format: torch.memory_format = torch.contiguous_format) -> np.ndarray:
+    out = model(normalize(batch).to(device=device, dtype=dtype).contiguous(memory_format=memory_format))
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TypeError(f"verification: the model must return a [batch, dim] embedding tensor, got {got}")
@@ -103,6 +108,48 @@ class _EvalMode:
             m.training = mode
 
 
+def distinct_slots(images: Sequence[bytes]) -> tuple[list[int], np.ndarray]:
+    """``(first, rows)``: the slot of the first occurrence of each distinct encoded image, in slot order,
+    and for every slot the index into ``first`` of its image.
+
+    Images are told apart by their bytes (used as dict keys: hashed, then compared in full on a hash
+    match), so two slots share an embedding only when their files are byte-for-byte equal.
+    """
+    row_of: dict[bytes, int] = {}
+    first: list[int] = []
+    rows = np.empty(len(images), dtype=np.int64)
+    for i, data in enumerate(images):
+        row = row_of.setdefault(bytes(data), len(first))
+        if row == len(first):
+            first.append(i)
+        rows[i] = row
+    return first, rows
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s 4-D weights are in channels-last memory format (``train.channels_last``)."""
+    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters())
+
+
+class _ChannelsLast:
+    """Run ``model`` in channels-last for the block when asked (or when it already is); restore it after."""
+
+    def __init__(self, model: nn.Module, wanted: bool):
+        self.model, self.wanted = model, wanted
+
+    def __enter__(self) -> torch.memory_format:
+        self.converted = self.wanted and not is_channels_last(self.model)
+        if self.converted:
+            self.model.to(memory_format=torch.channels_last)
+        cl = self.converted or is_channels_last(self.model)
+        return torch.channels_last if cl else torch.contiguous_format
+
+    def __exit__(self, *exc: object) -> None:
+        if self.converted:
+            self.model.to(memory_format=torch.contiguous_format)
+
+
 def embed_raw(
     model: nn.Module,
     images: Sequence[bytes],
@@ -111,12 +158,16 @@ def embed_raw(
     flip: bool = True,
     image_size: int = 112,
     source: Any = None,
+    channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw (un-normalised) float32 embeddings of ``images`` and, with ``flip``, of their mirrors.
 
     Both flip-test and no-flip numbers derive from these two arrays, so a set is embedded once however
-    many variants are reported. Runs ``model`` in eval mode under ``torch.no_grad()`` and restores every
-    submodule's mode. ``source`` (e.g. the file) is named in decode errors.
+    many variants are reported. Each distinct image (:func:`distinct_slots`) is decoded and embedded once
+    and its rows are copied to every slot holding it. Runs ``model`` in eval mode under
+    ``torch.no_grad()`` and restores every submodule's mode. Inputs follow the model's memory format;
+    ``channels_last`` converts a contiguous model to channels-last for the pass and back afterwards.
+    ``source`` (e.g. the file) is named in decode errors, which give the slot of the image.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -125,19 +176,20 @@ def embed_raw(
     device = torch.device(device)
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    first, rows = distinct_slots(images)
     raw: list[np.ndarray | None] = [None, None]
-    with _EvalMode(model), torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            stop = min(start + batch_size, len(images))
-            batch = load_crops(images, start, stop, image_size, source)
+    with _EvalMode(model), _ChannelsLast(model, channels_last) as memory_format, torch.no_grad():
+        for start in range(0, len(first), batch_size):
+            slots = first[start : start + batch_size]
+            batch = torch.cat([load_crops(images, i, i + 1, image_size, source) for i in slots])
             copies = (batch, batch.flip(-1)) if flip else (batch,)
             for k, copy in enumerate(copies):
-                emb = _embed(model, copy, device, dtype)
+                emb = _embed(model, copy, device, dtype, memory_format)
                 if raw[k] is None:
-                    raw[k] = np.empty((len(images), emb.shape[1]), dtype=np.float32)
-                raw[k][start:stop] = emb
+                    raw[k] = np.empty((len(first), emb.shape[1]), dtype=np.float32)
+                raw[k][start : start + len(slots)] = emb
     assert raw[0] is not None
-    return raw[0], raw[1]
+    return raw[0][rows], (raw[1][rows] if raw[1] is not None else None)
 
 
 def xnorm_of(*raw: np.ndarray | None) -> float:
@@ -158,15 +210,17 @@ def embed_pairs(
     flip: bool = True,
     image_size: int = 112,
     source: Any = None,
+    channels_last: bool = False,
 ) -> tuple[np.ndarray, float]:
     """L2-normalised float32 embeddings of ``images`` (one row per image) and their XNorm.
 
     With ``flip`` the embedding is raw(image) + raw(horizontal mirror) before normalisation and XNorm
     averages the norms of both raw sets (insightface's order: all originals, then all mirrors); without
     it, raw(image) and the originals' norms. Runs ``model`` in eval mode under ``torch.no_grad()`` and
-    restores every submodule's mode. ``source`` (e.g. the file) is named in decode errors.
+    restores every submodule's mode. ``source`` (e.g. the file) is named in decode errors; ``channels_last``
+    as in :func:`embed_raw`.
     """
-    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source)
+    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source, channels_last)
     summed = orig + mirror if mirror is not None else orig
     return l2_normalize(summed), xnorm_of(orig, mirror)
 
@@ -195,11 +249,12 @@ def roc_curve_points(fpr: np.ndarray, tpr: np.ndarray, max_points: int = CURVE_P
 
 
 def bin_set_metrics(model: nn.Module, path: str | os.PathLike, *, device: torch.device | str = "cpu",
-                    batch_size: int = 64, flip: bool = True, image_size: int = 112) -> dict[str, Any]:
+                    batch_size: int = 64, flip: bool = True, image_size: int = 112,
+                    channels_last: bool = False) -> dict[str, Any]:
     """:func:`pair_set_metrics` of the ``.bin`` file at ``path`` (read with the restricted unpickler)."""
     images, issame = read_bin(path)
     return pair_set_metrics(model, images, issame, device=device, batch_size=batch_size, flip=flip,
-                            image_size=image_size, source=path)
+                            image_size=image_size, source=path, channels_last=channels_last)
 
 
 def pair_set_metrics(
@@ -211,6 +266,7 @@ def pair_set_metrics(
     flip: bool = True,
     image_size: int = 112,
     source: Any = None,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Every verification number of one pair set from a single embedding pass (percent where a rate).
 
@@ -222,7 +278,7 @@ def pair_set_metrics(
     """
     if issame.size < NFOLDS:
         raise BinFormatError(f"{source}: {issame.size} pairs; {NFOLDS}-fold verification needs ≥ {NFOLDS}")
-    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source)
+    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source, channels_last)
     xnorm = xnorm_of(orig, mirror)
     dist_noflip = pair_distances(l2_normalize(orig))
     dist = pair_distances(l2_normalize(orig + mirror)) if mirror is not None else dist_noflip
@@ -257,6 +313,10 @@ class _VerificationConfig:
     flip: bool = True
     #: Side of the square model input; other crops are resized (short side) and centre-cropped.
     image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
+    #: Run the model in channels-last memory format (as ``train.channels_last``): a contiguous model is
+    #: converted for the evaluation and back. A model already in channels-last gets channels-last inputs
+    #: either way.
+    channels_last: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 class Verification:
@@ -277,6 +337,7 @@ class Verification:
         batch_size: int = 64,
         flip: bool = True,
         image_size: int = 112,
+        channels_last: bool = False,
     ):
         self.config = self.Config(
             bins=[pathlib.Path(b) for b in bins],
@@ -284,6 +345,7 @@ class Verification:
             batch_size=batch_size,
             flip=flip,
             image_size=image_size,
+            channels_last=channels_last,
         )
 
     def datasets(self, ctx: EvalContext) -> list[tuple[str, pathlib.Path]]:
@@ -326,7 +388,8 @@ class Verification:
         results: list[Result] = []
         for name, path in sets:
             numbers = bin_set_metrics(model, path, device=ctx.device, batch_size=self.config.batch_size,
-                                      flip=self.config.flip, image_size=self.config.image_size)
+                                      flip=self.config.flip, image_size=self.config.image_size,
+                                      channels_last=self.config.channels_last)
             numbers.pop("metrics")
             results.append({"protocol": self.name, "dataset": name, "step": ctx.step, **numbers})
         return results

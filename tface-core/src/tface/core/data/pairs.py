@@ -1,19 +1,23 @@
 """Verification pair lists (LFW ``pairs.txt`` or a plain list) → the images and flags of a ``.bin`` file.
 
-The ``.bin`` stores each image's original file bytes (as insightface's first packers did), so building
-one never re-encodes; every image is still decoded once to prove that evaluation can read it and that
-it has the aligned size the models expect.
+Without landmarks the ``.bin`` stores each image's original file bytes (as insightface's first packers
+did), so building one never re-encodes; every image is still decoded once to prove that evaluation can
+read it and that it has the aligned size the models expect. With landmarks (a TFace ``pts_list``) each
+raw photo is aligned to the ArcFace template and stored as a JPEG crop, exactly as ``tface data pack``
+aligns and encodes (:func:`tface.core.data.pack.encode_face`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
+import numpy as np
 
-__all__ = ["PairsError", "Pair", "read_lfw_pairs", "read_pair_list", "load_pair_images", "PAIR_FORMATS"]
+__all__ = ["PairsError", "Pair", "read_lfw_pairs", "read_pair_list", "load_pair_images", "landmark_key",
+           "PAIR_FORMATS"]
 
 PAIR_FORMATS = ("lfw", "list")
 
@@ -114,15 +118,32 @@ def read_pair_list(path: str | os.PathLike, root: str | os.PathLike) -> list[Pai
     return pairs
 
 
-def load_pair_images(pairs: Sequence[Pair], list_path: str | os.PathLike, *, image_size: int | None = 112,
-                     progress: Callable[[Iterable[Pair], int], Iterable[Pair]] | None = None
-                     ) -> tuple[list[bytes], list[bool]]:
-    """The ``2N`` original image bytes and ``N`` flags; every image must exist, decode and be square.
+def landmark_key(image: Path, root: Path | None, table: Mapping[str, np.ndarray]) -> str | None:
+    """The landmark-list entry of ``image``: its path relative to ``root`` (as the pair list names it,
+    ``name/name_0001.jpg`` for LFW), else its full path — the lookup ``tface data pack`` makes."""
+    keys = []
+    if root is not None and image.is_relative_to(root):  # not so for an absolute path in a plain list
+        keys.append(image.relative_to(root).as_posix())
+    keys.append(str(image))
+    return next((k for k in keys if k in table), None)
 
-    Each distinct file is read and decoded once, however many pairs use it.
+
+def load_pair_images(pairs: Sequence[Pair], list_path: str | os.PathLike, *, image_size: int | None = 112,
+                     progress: Callable[[Iterable[Pair], int], Iterable[Pair]] | None = None,
+                     landmarks: Mapping[str, np.ndarray] | None = None, root: str | os.PathLike | None = None,
+                     quality: int = 95) -> tuple[list[bytes], list[bool]]:
+    """The ``2N`` image bytes and ``N`` flags; every image must exist and decode.
+
+    Without ``landmarks`` each image must be ``image_size`` square and its original bytes are kept. With
+    ``landmarks`` (``{path: 5×2}``, from :func:`tface.core.data.align.read_landmark_list`; keys as
+    :func:`landmark_key` looks them up under ``root``) each image is aligned to the ``image_size`` ArcFace
+    template and stored as a JPEG of ``quality``; an image without an entry is an error, since dropping
+    its pairs would change the folds of the protocol. Each distinct file is read and processed once,
+    however many pairs use it.
     """
     from tface.core.data.image import ImageDecodeError, decode_rgb
 
+    root_path = Path(root) if root is not None else None
     cache: dict[Path, bytes] = {}
     images: list[bytes] = []
     flags: list[bool] = []
@@ -132,20 +153,41 @@ def load_pair_images(pairs: Sequence[Pair], list_path: str | os.PathLike, *, ima
             data = cache.get(img)
             if data is None:
                 where = f"{list_path}:{pair.line}: image {img}"
+                points = None
+                if landmarks is not None:
+                    key = landmark_key(img, root_path, landmarks)
+                    if key is None:
+                        raise PairsError(f"{where} has no landmarks in the landmark list")
+                    points = landmarks[key]
                 try:
                     data = img.read_bytes()
                 except FileNotFoundError:
                     raise PairsError(f"{where} does not exist") from None
                 except OSError as exc:
                     raise PairsError(f"{where} cannot be read: {exc.strerror or exc}") from None
-                try:
-                    decoded = decode_rgb(data)
-                except ImageDecodeError as exc:
-                    raise PairsError(f"{where} does not decode: {exc}") from None
-                h, w = int(decoded.shape[-2]), int(decoded.shape[-1])
-                if image_size is not None and (h, w) != (image_size, image_size):
-                    raise PairsError(f"{where} is {w}x{h}, expected {image_size}x{image_size} (aligned crops)")
+                if points is not None:
+                    data = _aligned(data, points, where, image_size or 112, quality)
+                else:
+                    try:
+                        decoded = decode_rgb(data)
+                    except ImageDecodeError as exc:
+                        raise PairsError(f"{where} does not decode: {exc}") from None
+                    h, w = int(decoded.shape[-2]), int(decoded.shape[-1])
+                    if image_size is not None and (h, w) != (image_size, image_size):
+                        raise PairsError(f"{where} is {w}x{h}, expected {image_size}x{image_size} (aligned "
+                                         "crops; pass --landmarks to align raw photos)")
                 cache[img] = data
             images.append(data)
         flags.append(pair.same)
     return images, flags
+
+
+def _aligned(data: bytes, points: np.ndarray, where: str, size: int, quality: int) -> bytes:
+    """The JPEG of the aligned crop, made by pack's own decode-align-encode step."""
+    from tface.core.data.pack import encode_face
+
+    try:
+        jpeg, _ = encode_face(data, points, quality=quality, size=size)
+    except ValueError as exc:  # undecodable, or degenerate landmarks
+        raise PairsError(f"{where} cannot be aligned: {exc}") from None
+    return jpeg
