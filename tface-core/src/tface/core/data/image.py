@@ -200,13 +200,18 @@ def image_size(data: bytes) -> tuple[int, int]:
     size = _header_size(data, kind) if kind != "other" else None
     if size is not None:
         return size
+    with _open_header(data, None) as im:
+        return im.size
+
+
+def _open_header(data: bytes, limit: int | None):
+    """Pillow's lazy open (header only), its failures turned into one-line decode errors."""
     from PIL import Image
 
     try:
-        with _open(data) as im:
-            return im.size
+        return _open(data)
     except Image.DecompressionBombError as exc:
-        raise _pillow_bomb(exc, None) from None
+        raise _pillow_bomb(exc, limit) from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format (or an empty file)") from None
     except Exception as exc:  # Pillow's plugins raise many types on malformed headers
@@ -263,16 +268,8 @@ def decode_rgb(data: bytes, *, max_pixels: int | None = None) -> torch.Tensor:
 
 
 def _decode_pillow(data: bytes, limit: int) -> torch.Tensor:
-    from PIL import Image
 
-    try:
-        im = _open(data)
-    except Image.DecompressionBombError as exc:
-        raise _pillow_bomb(exc, limit) from None
-    except Image.UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format (or an empty file)") from None
-    except Exception as exc:  # Pillow's plugins raise many types on malformed headers
-        raise ImageDecodeError(f"cannot read the image header: {_reason(exc)}") from None
+    im = _open_header(data, limit)
     with im:
         _check_size(im.size[0], im.size[1], limit)
         what = f"{im.format or 'image'} ({im.mode})"
