@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
-__all__ = ["NO_DECAY_MODULES", "param_groups", "lr_factor"]
+if TYPE_CHECKING:
+    from tface.core.recipe import TrainConfig
+
+__all__ = ["NO_DECAY_MODULES", "param_groups", "lr_factor", "build_optimizer", "build_scheduler"]
 
 # Normalisation layers and learnable activations: weight decay on these only fights the normalisation.
 NO_DECAY_MODULES: tuple[type[nn.Module], ...] = (
@@ -48,3 +53,17 @@ def lr_factor(step: int, warmup_steps: int, warmup_start: float, milestones: Seq
     if warmup_steps and step < warmup_steps:
         return warmup_start + (1.0 - warmup_start) * step / warmup_steps
     return gamma ** bisect.bisect_right(list(milestones), step)
+
+
+def build_optimizer(cfg: TrainConfig, modules: Iterable[nn.Module]) -> torch.optim.Optimizer:
+    """The ``[train]`` table's optimiser over ``modules`` (norm layers and biases without weight decay)."""
+    return torch.optim.SGD(param_groups(modules, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule by step: :func:`lr_factor` times the base LR, stepped once per step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, cfg.warmup_steps, cfg.warmup_start, cfg.lr_milestones, cfg.lr_gamma),
+    )

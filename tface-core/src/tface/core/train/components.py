@@ -1,0 +1,74 @@
+"""Build every component a recipe names and check its inputs, before any data is generated or read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from tface.core import recipe as recipe_mod
+from tface.core.config import ConfigError
+from tface.core.protocol import check_inputs as protocol_inputs
+
+__all__ = ["Compose", "Components", "build_components"]
+
+
+class Compose:
+    """Apply augmenters in order (picklable, so DataLoader workers can use it)."""
+
+    def __init__(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]]):
+        self.steps = list(steps)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            img = step(img)
+        return img
+
+
+class Components:
+    """Everything a recipe builds, before any data is generated or read."""
+
+    def __init__(self, recipe: recipe_mod.Recipe):
+        self.recipe = recipe
+        self.data_keys = ["data" if len(recipe.data) == 1 else f"data[{i}]" for i in range(len(recipe.data))]
+        self.sources = [b.source.build(key) for b, key in zip(recipe.data, self.data_keys)]
+        self.backbone: nn.Module = recipe.backbone.build("backbone")
+        self.head: nn.Module = recipe.head.build("head")
+        self.augmenters = [c.build(f"augment[{i}]") for i, c in enumerate(recipe.augment)]
+        self.protocols = [c.build(f"eval[{i}]") for i, c in enumerate(recipe.eval)]
+
+    def check_inputs(self) -> None:
+        """Raise :class:`ConfigError` naming the recipe key and path of every input file that is missing.
+
+        Asks each data source and protocol (``check_inputs()``), so a missing index, image folder or ``.bin``
+        is reported by ``--dry-run`` and before a run folder exists, not minutes into a run.
+        """
+        problems = [f"{key}.{p}" for key, src in zip(self.data_keys, self.sources) for p in src.check_inputs()]
+        problems += [f"eval[{i}].{p}" for i, proto in enumerate(self.protocols) for p in protocol_inputs(proto)]
+        if problems:
+            where = self.recipe.source
+            raise ConfigError([f"{where}: {p}" if where is not None else p for p in problems])
+
+    def describe(self) -> list[str]:
+        def params(m: nn.Module) -> str:
+            return f"{sum(p.numel() for p in m.parameters()):,} parameters"
+
+        r = self.recipe
+        lines = [
+            f"data      {b.source.name}: {type(src).__name__}"
+            + (f" (branch {b.name}, batch {b.batch(r.train)}, weight {b.weight:g}, {b.sampler} sampler)"
+               if len(r.data) > 1 or b.explicit else "")
+            for b, src in zip(r.data, self.sources)
+        ]
+        lines += [
+            f"backbone  {r.backbone.name}: {type(self.backbone).__name__}, {params(self.backbone)}",
+            f"head      {r.head.name}: {self.head}",
+        ]
+        lines += [f"augment   {c.name}: {a}" for c, a in zip(r.augment, self.augmenters)]
+        lines += [f"eval      {c.name}: {type(p).__name__}" for c, p in zip(r.eval, self.protocols)]
+        return lines
+
+
+def build_components(recipe: recipe_mod.Recipe) -> Components:
+    return Components(recipe)
