@@ -27,6 +27,8 @@ from tface.core.train.errors import TrainingError
 from tface.core.train.progress import Progress
 from tface.core.train.reporting import MetricsWindow, append_metrics, write_final_reports
 from tface.core.train.setup import build_training, embedding_size_of, resolve_device
+from tface.core.train.tensorboard import TensorBoardLog
+from tface.core.train.tensorboard import require as require_tensorboard
 
 __all__ = ["Components", "build_components", "Trainer", "TrainingError", "resolve_device", "embedding_size_of"]
 
@@ -74,6 +76,7 @@ class Trainer:
         self.cfg = recipe.train
         self.results: list[dict[str, Any]] = []
         self.step = 0
+        self.tensorboard: TensorBoardLog | None = None
 
     # -- setup -------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -82,6 +85,8 @@ class Trainer:
         self.device = resolve_device(self.recipe.device)
         self.parts = build_components(self.recipe)
         self.parts.check_inputs()
+        if self.cfg.tensorboard:
+            require_tensorboard()
         if self.run_dir_arg is not None:
             self.run_dir = rundir.prepare_run_dir(self.run_dir_arg, self.overwrite, "--output-dir")
         elif self.recipe.output_dir is not None:
@@ -114,6 +119,8 @@ class Trainer:
             self.pm.hook.tface_evaluation_done(step=step, results=results)
             self.echo(markdown_table(results).rstrip())
         self.results.extend(results)
+        if self.tensorboard is not None and results:
+            self.tensorboard.add_results(step, results)
         return results
 
     # -- training ----------------------------------------------------------------------------------
@@ -140,6 +147,8 @@ class Trainer:
                 if log:
                     record = window.record(step, epoch, result.lr)
                     append_metrics(self.folder.path, record)
+                    if self.tensorboard is not None:
+                        self.tensorboard.add_metrics(record)
                     fields = {k: record[k] for k in ("loss", "top1", "lr", "images_per_s")}
                 progress.update(step, fields, log)
                 self.pm.hook.tface_step_end(step=step, metrics=fields)
@@ -179,6 +188,18 @@ class Trainer:
         self.folder.write_text("recipe.toml", recipe_mod.dumps(self.recipe))
         self.folder.write_text("plugins.json", json.dumps(registry.loaded_versions(), indent=2) + "\n")
         self.folder.write_text("metrics.jsonl", "")
+        if self.cfg.tensorboard:
+            self.tensorboard = TensorBoardLog(self.folder.path)
+            self.folder.claim(*self.tensorboard.files())
+        try:
+            return self._train_and_report(t_start)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.folder.claim(*self.tensorboard.files())
+
+    def _train_and_report(self, t_start: float) -> dict[str, Any]:
+        assert self.run_dir is not None
         self._setup()
         if self.cfg.eval_at_start and self.parts.protocols:
             self.echo("evaluating the untrained model ...")
