@@ -32,7 +32,7 @@ def test_event_files_hold_the_metrics_and_the_evaluations(toy_plugins, tmp_path)
     Trainer(toy_recipe(tmp_path, ["train.tensorboard=true"]), run_dir, echo=lambda m: None).run()
     scalars = _scalars(run_dir / "tensorboard")
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for key in ("loss", "top1", "lr", "images_per_s"):
+    for key in ("loss", "top1", "lr", "images_per_s", "max_rss_mb"):
         got = scalars[f"train/{key}"]
         assert [s for s, _ in got] == [m["step"] for m in metrics]
         assert [v for _, v in got] == pytest.approx([m[key] for m in metrics], rel=1e-6)  # stored as float32
@@ -59,3 +59,14 @@ def test_missing_extra_is_a_clear_error_before_the_run_folder(toy_plugins, tmp_p
                                             r"pip install 'tface-core\[tensorboard\]'"):
         Trainer(toy_recipe(tmp_path, ["train.tensorboard=true"]), run_dir, echo=lambda m: None).run()
     assert not run_dir.exists()
+
+
+def test_metrics_report_peak_memory(toy_plugins, tmp_path):
+    import resource
+
+    run_dir = tmp_path / "run"
+    Trainer(toy_recipe(tmp_path, ["train.max_steps=10"]), run_dir, echo=lambda m: None).run()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peaks = [json.loads(line)["max_rss_mb"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert peaks == sorted(peaks)  # a peak never falls
+    assert peaks[0] > 50 and peaks[-1] <= after + 0.1  # torch alone is more than 50 MiB

@@ -135,7 +135,7 @@ class Trainer:
         step, epoch = 0, 0
         self.backbone.train()
         self.classifiers.train()
-        window = MetricsWindow([s.name for s in self.loader.specs])
+        window = MetricsWindow([s.name for s in self.loader.specs], self.device)
         while step < cfg.max_steps:
             for batch in _data_errors(self.loader, lambda: step + 1):  # noqa: B023 - read when an error happens
                 result = self.engine.step(batch, step + 1)
