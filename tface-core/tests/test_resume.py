@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -208,3 +207,183 @@ def test_with_workers_killed_at_a_step_and_while_writing_checkpoints(child, tmp_
     assert sorted(f for f in status["files"] if f.startswith("checkpoints/")) == [
         "checkpoints/backbone.pt", "checkpoints/last.pt", "checkpoints/step-00000020.pt",
         "checkpoints/step-00000023.pt"]
+
+
+# -- in-process: the loader's position, refusals, export, keep-last-N ---------------------------------------
+
+class _Random(torch.utils.data.Dataset):
+    """Item i: its index, its label and a random number (an augmenter's draw)."""
+
+    labels = [i % 5 for i in range(40)]
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        return torch.tensor([i, int(torch.randint(0, 2**30, ()))], dtype=torch.int64).view(1, 1, 2), self.labels[i]
+
+
+def _specs():
+    from tface.core.data.branches import BranchSpec
+
+    return [BranchSpec("a", _Random(), 4), BranchSpec("b", _Random(), 6, sampler="balanced", images_per_identity=2)]
+
+
+def _take(it, n):
+    return [(b.images.flatten().tolist(), [y.tolist() for y in b.labels]) for b in (next(it) for _ in range(n))]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_position_counts_consumed_batches_not_read_ahead(workers):
+    from tface.core.data.branches import BranchLoader
+
+    torch.manual_seed(0)
+    loader = BranchLoader(_specs(), num_workers=workers, seed=3)
+    per_pass = len(loader)  # a: 10 batches, b: 6 (5 identities x 8 images, 3 per batch) -> 10 a pass
+    it = iter(loader)
+    head = _take(it, 13 % per_pass)
+    saved = loader.state_dict()
+    rng = torch.get_rng_state()
+    rest = _take(it, per_pass - 13 % per_pass) + _take(iter(loader), per_pass)
+    # consumed, whatever the workers read ahead: a is 3 batches into its epoch 0, b 3 into epoch 0
+    assert saved == {"position": 3, "branches": [{"name": "a", "epoch": 0, "batches": 3},
+                                                 {"name": "b", "epoch": 0, "batches": 3}]}
+    torch.manual_seed(99)  # a fresh process: other generator states until the checkpoint's are restored
+    again = BranchLoader(_specs(), num_workers=workers, seed=3)
+    again.load_state_dict(saved)
+    torch.set_rng_state(rng)
+    assert _take(iter(again), per_pass - 3) + _take(iter(again), per_pass) == rest
+    assert len(head) == 3
+
+
+def test_loader_state_after_a_branch_wrapped():
+    from tface.core.data.branches import BranchLoader
+
+    loader = BranchLoader(_specs(), seed=3)
+    it = iter(loader)
+    _take(it, 8)  # b has 6 batches an epoch: 2 into its second
+    assert loader.state_dict()["branches"][1] == {"name": "b", "epoch": 1, "batches": 2}
+    with pytest.raises(ValueError, match=r"the checkpoint has data branches \['x'\]"):
+        loader.load_state_dict({"position": 0, "branches": [{"name": "x", "epoch": 0, "batches": 0}]})
+
+
+def cli_run(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+@pytest.fixture
+def small_run(toy_plugins, tmp_path):
+    """A finished 12-step run with checkpoints every 5 steps, 2 kept."""
+    path = tmp_path / "small.toml"
+    path.write_text(TOY_RECIPE.replace("max_steps = 30", "max_steps = 12") + "\n")
+    out = tmp_path / "run"
+    res = cli_run(path, "--output-dir", out, "--set", "train.checkpoint_every=5", "--set", "train.keep_checkpoints=2")
+    assert res.exit_code == 0, res.output
+    return path, out
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refusals_name_the_reason_and_touch_nothing(small_run, tmp_path):
+    path, out = small_run
+    before = snapshot(out)
+    res = cli_run("--resume", out, "--set", "head.m=0.3", "--set", "train.lr=0.05", "--set", "train.max_steps=20")
+    assert res.exit_code == 1
+    assert res.output.strip() == (f"Error: --resume {out}: the recipe differs from the run's in head.m (0.2 -> 0.3), "
+                                  "train.lr (0.1 -> 0.05); only output_dir, train.max_steps, train.log_every, "
+                                  "train.checkpoint_every, train.keep_checkpoints may change when resuming")
+    res = cli_run("--resume", out)
+    assert res.exit_code == 1 and "the run is done (step 12 of train.max_steps = 12); raise train.max_steps" \
+        in res.output
+    res = cli_run("--resume", out, "--set", "train.max_steps=10")
+    assert res.exit_code == 1 and "train.max_steps = 10 but the checkpoint is at step 12" in res.output
+    assert snapshot(out) == before
+    for flag in ("--overwrite", "--dry-run"):
+        res = cli_run("--resume", out, flag)
+        assert res.exit_code == 2 and f"--resume continues RUN_DIR in place; drop {flag}" in res.output
+    res = cli_run("--resume", tmp_path / "nowhere")
+    assert res.exit_code == 1 and "holds no tface run (recipe.toml is missing)" in res.output
+    res = cli_run()
+    assert res.exit_code == 2 and "name a RECIPE to run, or give --resume RUN_DIR" in res.output
+    # a run that stopped before its first checkpoint
+    for p in (out / "checkpoints").iterdir():
+        p.unlink()
+    before = snapshot(out)
+    res = cli_run("--resume", out, "--set", "train.max_steps=20")
+    assert res.exit_code == 1 and f"--resume {out}: holds no checkpoint (checkpoints/last.pt is missing" in res.output
+    assert snapshot(out) == before
+
+
+def test_a_finished_run_resumed_with_more_steps_equals_a_longer_run(small_run, tmp_path):
+    path, out = small_run
+    res = cli_run("--resume", out, "--set", "train.max_steps=17")
+    assert res.exit_code == 0, res.output
+    longer = tmp_path / "longer"
+    res = cli_run(path, "--output-dir", longer, "--set", "train.max_steps=17", "--set", "train.checkpoint_every=5")
+    assert res.exit_code == 0, res.output
+    assert_same_weights(longer, out)
+    # lines up to step 12 stay (12 was the end of the shorter run: a line there), then the continuation
+    steps = [m["step"] for m in metrics(out)]
+    assert steps == [5, 10, 12, 15, 17]
+    assert metrics(out)[3:] != [] and [m["step"] for m in metrics(longer)] == [5, 10, 15, 17]
+    assert "max_steps = 17" in (out / "recipe.toml").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["stage"], r["step"]) for r in report["results"]] == [("untrained", 0), ("trained", 17)]
+
+
+def test_keep_checkpoints_prunes_only_its_own_step_files(small_run):
+    path, out = small_run
+    ckpt = out / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["backbone.pt", "last.pt", "step-00000010.pt",
+                                                     "step-00000012.pt"]
+    assert checkpoint.load(ckpt / "step-00000010.pt")["step"] == 10
+    status = json.loads((out / "status.json").read_text())
+    assert "checkpoints/step-00000005.pt" not in status["files"] and status["checkpoint_step"] == 12
+    (ckpt / "step-00000001.pt").write_bytes(b"mine")  # a user's file with a matching name
+    res = cli_run("--resume", out, "--set", "train.max_steps=16")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in ckpt.iterdir()) == ["backbone.pt", "last.pt", "step-00000001.pt",
+                                                     "step-00000015.pt", "step-00000016.pt"]
+    res = cli_run(path, "--output-dir", out, "--overwrite", "--set", "train.max_steps=2")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in ckpt.iterdir()) == ["backbone.pt", "last.pt", "step-00000001.pt"]
+
+
+def test_export_backbone(small_run, tmp_path):
+    path, out = small_run
+    dest = tmp_path / "bb.pt"
+    res = CliRunner().invoke(cli, ["export", "backbone", str(out), "--out", str(dest)])
+    assert res.exit_code == 0 and res.output.strip() == f"wrote {dest} (backbone of step 12)"
+    weights = checkpoint.load(dest)
+    last = checkpoint.load(out / "checkpoints" / "last.pt")["backbone"]
+    assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in last)
+    res = CliRunner().invoke(cli, ["export", "backbone", str(out), "--out", str(dest), "--step", "10"])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: --out {dest}: exists; pass --overwrite to replace it"
+    assert checkpoint.load(dest).keys() == last.keys()
+    res = CliRunner().invoke(cli, ["export", "backbone", str(out), "--out", str(dest), "--step", "10", "--overwrite"])
+    assert res.exit_code == 0 and "(backbone of step 10)" in res.output
+    ten = checkpoint.load(out / "checkpoints" / "step-00000010.pt")["backbone"]
+    assert all(torch.equal(checkpoint.load(dest)[k], ten[k]) for k in ten)
+    res = CliRunner().invoke(cli, ["export", "backbone", str(out), "--out", str(tmp_path / "x.pt"), "--step", "5"])
+    assert res.exit_code == 1 and "no checkpoint of step 5 (steps kept: 10, 12;" in res.output
+    res = CliRunner().invoke(cli, ["eval", "toyeval", "--backbone", "toynet", "--checkpoint", str(dest)])
+    assert res.exit_code == 0, res.output
+
+
+def test_metrics_after_the_checkpoint_and_a_cut_line_go(tmp_path):
+    from tface.core.train.reporting import metrics_until
+
+    lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (3, 6, 9)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 12, "lo')
+    metrics_until(tmp_path, 6)
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
+
+
+def test_checkpoint_keys_are_validated(tmp_path):
+    from tface.core.config import ConfigError
+
+    for key in ("checkpoint_every", "keep_checkpoints"):
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            recipe.loads(TOY_RECIPE, [f"train.{key}=-1"])

@@ -185,7 +185,8 @@ def reopen_run_dir(folder: str | os.PathLike, flag: str = "--resume") -> RunDir:
     run = RunDir(folder)
     files = [f for f in status["files"] if isinstance(f, str)]
     resumed = status.get("resumed") if isinstance(status.get("resumed"), list) else []
-    run.status.update({k: status[k] for k in ("started",) if k in status})
+    # the earlier status (done, failed, ...) stays until resumed() says running
+    run.status.update({k: status[k] for k in ("started", "status") if k in status})
     run.status["files"] = files if STATUS_FILE in files else [STATUS_FILE, *files]
     run.status["resumed"] = resumed
     run.status["step"] = status.get("step", 0)
