@@ -102,19 +102,24 @@ Trainer(rec, run_dir, resume=mode == "resume", echo=lambda m: None).run()
 
 @pytest.fixture
 def child(toy_plugins, tmp_path):
-    """``child(run_dir, mode, kill, *overrides)`` runs the trainer in a subprocess; returns its exit code."""
+    """``child(run_dir, mode, kill, *overrides, nproc=1)`` runs the trainer in subprocesses (``nproc`` > 1: under
+    torch.distributed.run); returns "done" or "killed"."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     path = tmp_path / "resume.toml"
     path.write_text(RESUME_RECIPE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])}
 
-    def run(run_dir: Path, mode: str, kill: str = "", *overrides: str) -> int:
-        proc = subprocess.run([sys.executable, str(script), str(path), str(run_dir), mode, *overrides],
+    def run(run_dir: Path, mode: str, kill: str = "", *overrides: str, nproc: int = 1) -> str:
+        launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                      f"--nproc-per-node={nproc}"]
+        proc = subprocess.run([*launch, str(script), str(path), str(run_dir), mode, *overrides],
                               env={**env, "KILL": kill}, capture_output=True, text=True, timeout=300)
-        if proc.returncode not in (0, -signal.SIGKILL):
-            raise AssertionError(proc.stderr[-3000:])
-        return proc.returncode
+        if proc.returncode == 0:
+            return "done"
+        if proc.returncode == -signal.SIGKILL or (nproc > 1 and "SIGKILL" in proc.stderr):
+            return "killed"
+        raise AssertionError(proc.stderr[-3000:])
 
     return run
 
@@ -158,17 +163,16 @@ def assert_consistent(run_dir: Path) -> None:
         assert all(torch.equal(weights[k], last["backbone"][k]) for k in last["backbone"]), "backbone.pt is stale"
 
 
-@pytest.mark.parametrize("world_size", [1])
+@pytest.mark.parametrize("world_size", [1])  # 2 (gloo) joins once the trainer runs under torch.distributed
 def test_killed_at_a_random_step_and_resumed_is_bit_identical(child, tmp_path, world_size):
-    # world_size > 1 joins once the trainer runs under torch.distributed (the dist branch)
     kill_at = random.Random(world_size).randint(6, 22)  # after the first checkpoint (step 5)
-    ref = reference(tmp_path)
+    ref = reference(tmp_path)  # the reference of world_size > 1 is a child run too: run(ref_dir, "new", nproc=N)
     run_dir = tmp_path / "run"
-    assert child(run_dir, "new", f"step:{kill_at}") == -signal.SIGKILL
+    assert child(run_dir, "new", f"step:{kill_at}", nproc=world_size) == "killed"
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "running" and status["checkpoint_step"] == (kill_at - 1) // 5 * 5
     assert_consistent(run_dir)
-    assert child(run_dir, "resume") == 0
+    assert child(run_dir, "resume", nproc=world_size) == "done"
     assert_same_weights(ref, run_dir)
     assert metrics(run_dir) == metrics(ref)  # no step line lost or doubled, the same numbers
     assert json.loads((run_dir / "report.json").read_text())["results"] == \
@@ -185,7 +189,7 @@ def test_with_workers_killed_at_a_step_and_while_writing_checkpoints(child, tmp_
     sets = ["train.num_workers=2"]
     ref = reference(tmp_path, *sets)
     run_dir = tmp_path / "run"
-    assert child(run_dir, "new", f"step:{random.Random(2).randint(11, 14)}", *sets) == -signal.SIGKILL
+    assert child(run_dir, "new", f"step:{random.Random(2).randint(11, 14)}", *sets) == "killed"
     # checkpoints at 5, 10, 15, 20 write step file, last.pt, backbone.pt; a resumed run first writes
     # backbone.pt again when the kill left it absent
     kills = [("write:2:after", 15, False),  # last.pt of step 15 in place, backbone.pt not yet written
@@ -193,12 +197,12 @@ def test_with_workers_killed_at_a_step_and_while_writing_checkpoints(child, tmp_
              ("write:2:mid", 15, True)]  # half of the step file of step 20
     for kill, step, has_backbone in kills:
         assert_consistent(run_dir)
-        assert child(run_dir, "resume", kill, *sets) == -signal.SIGKILL
+        assert child(run_dir, "resume", kill, *sets) == "killed"
         assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"] == step
         assert (run_dir / "checkpoints" / "backbone.pt").exists() == has_backbone
         assert list((run_dir / "checkpoints").glob(".*.tmp")) != [] or kill.endswith("after")
     assert_consistent(run_dir)
-    assert child(run_dir, "resume", "", *sets) == 0
+    assert child(run_dir, "resume", "", *sets) == "done"
     assert_same_weights(ref, run_dir)
     assert metrics(run_dir) == metrics(ref)
     left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -379,6 +383,11 @@ def test_metrics_after_the_checkpoint_and_a_cut_line_go(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"step": 12, "lo')
     metrics_until(tmp_path, 6)
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "oops\n" + lines[1])
+    from tface.core.train.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="metrics.jsonl: line 2 is not JSON"):
+        metrics_until(tmp_path, 6)
 
 
 def test_checkpoint_keys_are_validated(tmp_path):

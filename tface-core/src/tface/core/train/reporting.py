@@ -11,6 +11,7 @@ from typing import Any
 from tface.core.fsutil import atomic_write_bytes
 from tface.core.report import write_plots, write_reports
 from tface.core.train.engine import StepResult
+from tface.core.train.errors import TrainingError
 from tface.core.train.rundir import RunDir
 
 __all__ = ["MetricsWindow", "append_metrics", "metrics_until", "write_final_reports"]
@@ -87,7 +88,7 @@ def metrics_until(run_dir: Path, step: int) -> None:
         except ValueError:
             if i == len(lines) - 1:  # cut short by the kill
                 break
-            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+            raise TrainingError(f"{path}: line {i + 1} is not JSON; cannot continue the metrics of this run") from None
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
             break
         kept.append(line if line.endswith("\n") else line + "\n")
