@@ -372,8 +372,10 @@ def test_export_backbone(small_run, tmp_path):
     assert all(torch.equal(checkpoint.load(dest)[k], ten[k]) for k in ten)
     res = CliRunner().invoke(cli, ["export", "backbone", str(out), "--out", str(tmp_path / "x.pt"), "--step", "5"])
     assert res.exit_code == 1 and "no checkpoint of step 5 (steps kept: 10, 12;" in res.output
-    res = CliRunner().invoke(cli, ["eval", "toyeval", "--backbone", "toynet", "--checkpoint", str(dest)])
+    res = CliRunner().invoke(cli, ["eval", "toyeval", "--backbone", "toynet", "--checkpoint", str(dest),
+                                   "--output-dir", str(tmp_path / "eval")])
     assert res.exit_code == 0, res.output
+    assert (tmp_path / "eval" / "eval-report.json").is_file()
 
 
 def test_metrics_after_the_checkpoint_and_a_cut_line_go(tmp_path):
