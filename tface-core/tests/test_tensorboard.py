@@ -70,3 +70,32 @@ def test_metrics_report_peak_memory(toy_plugins, tmp_path):
     peaks = [json.loads(line)["max_rss_mb"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert peaks == sorted(peaks)  # a peak never falls
     assert peaks[0] > 50 and peaks[-1] <= after + 0.1  # torch alone is more than 50 MiB
+
+
+def test_a_resumed_run_hides_the_events_after_its_checkpoint(toy_plugins, tmp_path):
+    """A run "killed" after step 12 whose newest checkpoint is step 10: resumed, each step shows once."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from tface.core.cli import cli
+
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY_RECIPE.replace("max_steps = 30", "max_steps = 12"))
+    out = tmp_path / "run"
+    common = ["--set", "train.tensorboard=true", "--set", "train.log_every=1"]
+    res = CliRunner().invoke(cli, ["run", str(path), "--output-dir", str(out), *common,
+                                   "--set", "train.checkpoint_every=5", "--set", "train.keep_checkpoints=3"])
+    assert res.exit_code == 0, res.output
+    ckpt = out / "checkpoints"
+    shutil.copyfile(ckpt / "step-00000010.pt", ckpt / "last.pt")  # as if killed after step 12 before its save
+    (ckpt / "backbone.pt").unlink()
+    status = json.loads((out / "status.json").read_text())
+    (out / "status.json").write_text(json.dumps({**status, "status": "failed", "step": 12}))
+    res = CliRunner().invoke(cli, ["run", "--resume", str(out)])
+    assert res.exit_code == 0, res.output
+    scalars = _scalars(out / "tensorboard")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+    assert scalars["train/loss"] == [(m["step"], pytest.approx(m["loss"], rel=1e-6)) for m in metrics]
+    assert len(list((out / "tensorboard").iterdir())) == 2  # one event file per process start

@@ -81,7 +81,8 @@ def bench_cmd() -> None:
 def export_cmd() -> None:
     """Model export contributed by plugins.
 
-    tface-backbones adds `tface export onnx`; any plugin can add more (docs/plugins.md)."""
+    `tface export backbone` is built in; tface-backbones adds `tface export onnx`; any plugin can add more
+    (docs/plugins.md)."""
 
 
 @cli.command("list")
@@ -141,7 +142,7 @@ def _print_table(rows: list[dict]) -> None:
 
 
 @cli.command("run")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe_path", metavar="[RECIPE]", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a recipe value with a TOML value (repeatable), e.g. --set head.m=0.4")
 @click.option("--dry-run", is_flag=True, help="Build every component, print the resolved recipe, and exit.")
@@ -151,13 +152,29 @@ def _print_table(rows: list[dict]) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Reuse a run folder holding an earlier run: delete the files that run listed in its "
                    "status.json (nothing else), then run.")
-def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None,
-            overwrite: bool) -> None:
-    """Train, checkpoint, evaluate and report, as RECIPE says."""
+@click.option("--resume", "resume_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in RUN_DIR from its last checkpoint, in the same folder. The recipe is "
+                   "RUN_DIR's own (or RECIPE); it may differ only in train.max_steps, train.log_every, "
+                   "train.checkpoint_every, train.keep_checkpoints (e.g. --set train.max_steps=2000).")
+def run_cmd(recipe_path: Path | None, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None,
+            overwrite: bool, resume_dir: Path | None) -> None:
+    """Train, checkpoint, evaluate and report, as RECIPE says; or continue a run: --resume RUN_DIR."""
     from tface.core import recipe as recipe_mod
     from tface.core.train.rundir import RunDirError, check_run_dir
     from tface.core.train.trainer import Trainer, TrainingError, build_components
 
+    if resume_dir is not None:
+        clash = [flag for flag, on in (("--output-dir", output_dir), ("--overwrite", overwrite),
+                                       ("--dry-run", dry_run)) if on]
+        if clash:
+            raise click.UsageError(f"--resume continues RUN_DIR in place; drop {' and '.join(clash)}")
+        if recipe_path is None:
+            recipe_path = resume_dir / "recipe.toml"
+            if not recipe_path.is_file():
+                raise click.ClickException(f"--resume {resume_dir}: holds no tface run ({recipe_path.name} "
+                                           "is missing)")
+    elif recipe_path is None:
+        raise click.UsageError("name a RECIPE to run, or give --resume RUN_DIR")
     recipe = recipe_mod.load(recipe_path, overrides)
     if dry_run:
         parts = build_components(recipe)
@@ -175,9 +192,29 @@ def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output
             click.echo(f"# {line}")
         return
     try:
-        Trainer(recipe, output_dir, overwrite=overwrite, echo=click.echo).run()
+        Trainer(recipe, resume_dir or output_dir, overwrite=overwrite, resume=resume_dir is not None,
+                echo=click.echo).run()
     except (TrainingError, RunDirError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@export_cmd.command("backbone")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write: the backbone's plain state_dict (for tface eval --checkpoint and export onnx).")
+@click.option("--step", type=click.IntRange(min=1), help="Take a checkpoint kept by train.keep_checkpoints "
+                                                          "instead of the last one.")
+@click.option("--overwrite", is_flag=True, help="Replace FILE when it exists.")
+def export_backbone_cmd(run_dir: Path, out: Path, step: int | None, overwrite: bool) -> None:
+    """The backbone weights of a run's last checkpoint (also of a run still training) as a plain state_dict."""
+    from tface.core.train.errors import TrainingError
+    from tface.core.train.state import export_backbone
+
+    try:
+        path, saved = export_backbone(run_dir, out, step, overwrite)
+    except TrainingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path} (backbone of step {saved})")
 
 
 @cli.command("eval")

@@ -121,6 +121,10 @@ class TrainConfig:
     channels_last: bool = False
     #: TensorBoard event files in <run folder>/tensorboard (needs the tensorboard extra)
     tensorboard: bool = False
+    #: save a checkpoint every this many steps (0: only after the last step)
+    checkpoint_every: int = attrs.field(default=0, validator=_ge0)
+    #: also keep the last N checkpoints as ``checkpoints/step-<step>.pt`` (0: only ``last.pt``)
+    keep_checkpoints: int = attrs.field(default=0, validator=_ge0)
 
     @lr_milestones.validator
     def _sorted(self, _attr: Any, value: list[int]) -> None:

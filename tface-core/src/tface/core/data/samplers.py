@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistributedShuffleSampler", "IdentityBalancedBatchSampler", "seed_worker"]
+__all__ = ["DistributedShuffleSampler", "IdentityBalancedBatchSampler", "seed_worker", "derive_seed",
+           "seed_everything"]
 
 
 def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -289,3 +290,16 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed()
     random.seed(seed)
     np.random.seed([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF])
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on ``parts`` (non-negative integers, e.g. seed, branch, epoch, batch) alone."""
+    words = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31 ^ int(words[1])) & (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, numpy's global generator and torch's CPU generator from one integer."""
+    random.seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF])
+    torch.manual_seed(seed)

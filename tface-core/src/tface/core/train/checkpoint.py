@@ -1,4 +1,4 @@
-"""Checkpoints written atomically (temporary file, then rename) and read back with ``weights_only``."""
+"""Checkpoints written atomically (temporary file, fsync, rename) and read back with ``weights_only``."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ import torch
 
 from tface.core.fsutil import atomic_write_bytes
 
-__all__ = ["save", "load"]
+__all__ = ["dumps", "save", "load"]
 
 
-def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Serialise ``state`` in memory first, so a full disk or a crash never leaves half a file."""
+def dumps(obj: Any) -> bytes:
+    """``obj`` serialised in memory, so a full disk or a crash never leaves half a file behind."""
     buf = io.BytesIO()
-    torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save(path: str | os.PathLike, state: Any) -> Path:
+    return atomic_write_bytes(path, dumps(state))
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

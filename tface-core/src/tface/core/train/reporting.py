@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
+from tface.core.fsutil import atomic_write_bytes
 from tface.core.report import write_plots, write_reports
 from tface.core.train.engine import StepResult
+from tface.core.train.errors import TrainingError
 from tface.core.train.rundir import RunDir
 
-__all__ = ["MetricsWindow", "append_metrics", "write_final_reports", "memory_mb"]
+__all__ = ["MetricsWindow", "append_metrics", "metrics_until", "write_final_reports", "memory_mb"]
 
 
 def memory_mb(device: torch.device | None = None) -> dict[str, float]:
@@ -54,6 +56,17 @@ class MetricsWindow:
         self.total += result.loss
         self.steps += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """The open window (a checkpoint between two log lines), with the seconds it has run so far."""
+        return {"branches": {n: list(w) for n, w in self.branches.items()}, "total": self.total,
+                "steps": self.steps, "seconds": time.perf_counter() - self.t0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved window: the next line covers the steps before and after the restart."""
+        self.branches = {n: [float(w[0]), int(w[1]), int(w[2])] for n, w in state["branches"].items()}
+        self.total, self.steps = float(state["total"]), int(state["steps"])
+        self.t0 = time.perf_counter() - float(state["seconds"])
+
     def record(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
         """The ``metrics.jsonl`` line for the window ending at ``step``; starts a new window."""
         now = time.perf_counter()
@@ -77,6 +90,29 @@ class MetricsWindow:
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def metrics_until(run_dir: Path, step: int) -> None:
+    """Keep the ``metrics.jsonl`` lines up to ``step`` (a resumed run writes the later ones again).
+
+    Lines a killed run wrote after its last checkpoint go, and so does a last line cut short by the kill.
+    """
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:  # cut short by the kill
+                break
+            raise TrainingError(f"{path}: line {i + 1} is not JSON; cannot continue the metrics of this run") from None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            break
+        kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write_bytes(path, "".join(kept).encode("utf-8"))
 
 
 def write_final_reports(folder: RunDir, results: list[dict[str, Any]], summary: dict[str, Any],

@@ -3,6 +3,7 @@
 ``status.json`` says whether a run is ``running``, ``done``, ``failed`` (with the reason) or ``interrupted``,
 the step it reached, and lists every file the run wrote (``files``, relative paths). That list is the only
 thing ``tface run --overwrite`` ever deletes, so a user's own files in the folder are never touched.
+``tface run --resume`` reopens such a folder (:func:`reopen_run_dir`) and keeps its list.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tface.core import __version__
 from tface.core.fsutil import atomic_write_bytes
 
 __all__ = ["STATUS_FILE", "RunDir", "RunDirError", "check_run_dir", "default_run_dir", "prepare_run_dir",
-           "read_status"]
+           "read_status", "reopen_run_dir"]
 
 STATUS_FILE = "status.json"
 
@@ -145,6 +146,7 @@ def prepare_run_dir(folder: str | os.PathLike, overwrite: bool = False, flag: st
         folder.mkdir(parents=True, exist_ok=True)
     else:
         files = _own_files(folder, status)
+        _remove_stale_temps(files)
         for path in files:
             if path.is_file() or path.is_symlink():
                 path.unlink()
@@ -154,6 +156,41 @@ def prepare_run_dir(folder: str | os.PathLike, overwrite: bool = False, flag: st
         (folder / STATUS_FILE).unlink(missing_ok=True)
     _claim(folder, flag)
     return folder
+
+
+def _remove_stale_temps(files: list[Path]) -> None:
+    """Delete the temporary files a killed run left beside its own files (``.<name>.*.tmp``, see fsutil)."""
+    for path in files:
+        if path.parent.is_dir():
+            for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+                if tmp.is_file():
+                    tmp.unlink()
+
+
+def reopen_run_dir(folder: str | os.PathLike, flag: str = "--resume") -> RunDir:
+    """The run folder of an earlier run, to continue it: status ``running`` again, its file list kept.
+
+    Refused (:class:`RunDirError`) when ``folder`` is missing, holds no tface run, or holds a run whose
+    process is still alive. Temporary files a killed run left beside its files are deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunDirError(f"{flag} {folder}: " + ("is not a folder" if folder.exists() else "no such folder"))
+    status = read_status(folder)
+    if status is None:
+        raise RunDirError(f"{flag} {folder}: holds no tface run (no {STATUS_FILE} listing the files tface wrote)")
+    if _still_running(status):
+        raise RunDirError(f"{flag} {folder}: the run is still running (pid {status.get('pid')} on this machine)")
+    _remove_stale_temps(_own_files(folder, status))
+    run = RunDir(folder)
+    files = [f for f in status["files"] if isinstance(f, str)]
+    resumed = status.get("resumed") if isinstance(status.get("resumed"), list) else []
+    # the earlier status (done, failed, ...) stays until resumed() says running
+    run.status.update({k: status[k] for k in ("started", "status") if k in status})
+    run.status["files"] = files if STATUS_FILE in files else [STATUS_FILE, *files]
+    run.status["resumed"] = resumed
+    run.status["step"] = status.get("step", 0)
+    return run
 
 
 def _claim(folder: Path, flag: str) -> None:
@@ -202,6 +239,33 @@ class RunDir:
                 new = True
         if new:
             self._save()
+
+    def release(self, *paths: str | os.PathLike) -> None:
+        """Forget files the run deleted itself (old checkpoints), so the list names only what exists."""
+        rels = set()
+        for p in paths:
+            p = Path(p)
+            try:
+                rels.add(p.relative_to(self.path).as_posix())
+            except ValueError:
+                rels.add(p.as_posix())
+        kept = [f for f in self.status["files"] if f not in rels]
+        if len(kept) != len(self.status["files"]):
+            self.status["files"] = kept
+            self._save()
+
+    def note(self, **fields: Any) -> None:
+        """Record more about the run in ``status.json`` (e.g. the step of the newest checkpoint)."""
+        self.status.update(fields)
+        self._save()
+
+    def resumed(self, step: int) -> None:
+        """Record that this process continues the run from the checkpoint of ``step``."""
+        self.status["resumed"] = [*self.status.get("resumed", []), {"step": int(step), "at": _now()}]
+        self.status.update(status="running", step=int(step))
+        for key in ("finished", "reason"):
+            self.status.pop(key, None)
+        self._save()
 
     def write_text(self, rel: str, text: str) -> Path:
         self.claim(rel)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -59,6 +60,9 @@ class TrainingSetup:
     #: evaluation files the data sources provide, per protocol name
     eval_provided: dict[str, dict[str, Path]]
     data_seconds: float
+    #: more parts with a state a checkpoint saves and a resumed run restores (``state_dict`` and
+    #: ``load_state_dict``), by name: e.g. the grad scaler, the EMA weights
+    extra_state: dict[str, Any] = attrs.field(factory=dict)
 
 
 def _branch_specs(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]) -> list[BranchSpec]:

@@ -1,20 +1,55 @@
-"""The training state: collect everything a checkpoint holds, seed the process, save atomically."""
+"""The training state: everything a checkpoint holds to continue a run exactly, and how it is saved.
+
+A checkpoint (``checkpoints/last.pt``) is one dict: ``step``, ``epoch``, ``world_size``, the backbone, every
+classifier (with its head's buffers), the optimiser, the schedule, the loader's position (batches the trainer
+took, per branch, see :meth:`BranchLoader.state_dict`), the open metrics window, the evaluation results so
+far, ``extra`` (any :attr:`TrainingSetup.extra_state` object: grad scaler, EMA, ...), ``rng`` (a list indexed
+by rank: python, numpy, torch CPU and CUDA generators) and the resolved recipe. See docs/training.md
+("Checkpoints and resume").
+
+Writing order, so that a kill at any moment leaves something usable: ``step-<N>.pt`` (with
+``keep_checkpoints``), then ``backbone.pt`` is deleted, ``last.pt`` replaced, ``backbone.pt`` written again
+(every write: temporary file, fsync, rename). ``backbone.pt`` is therefore either absent or of the step
+``last.pt`` holds; a resumed run writes it again when absent.
+"""
 
 from __future__ import annotations
 
 import random
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from tface.core import recipe as recipe_mod
+from tface.core.fsutil import atomic_write_bytes, fsync_dir
 from tface.core.train import checkpoint
+from tface.core.train.errors import TrainingError
 from tface.core.train.rundir import RunDir
 from tface.core.train.setup import TrainingSetup
 
-__all__ = ["seed_all", "collect", "save"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["FORMAT", "RESUME_MAY_CHANGE", "seed_all", "world_size", "rng_state", "set_rng_state", "collect",
+           "restore", "save", "load_last", "check_resumable", "recipe_differences", "ensure_backbone",
+           "export_backbone"]
+
+#: Version of the checkpoint layout; a resumed run refuses another.
+FORMAT = 1
+#: Recipe keys a resumed run may change: they decide how long it runs and what it logs and keeps, not
+#: what a step computes. Any other difference would make the continued run differ from an uninterrupted one.
+RESUME_MAY_CHANGE = ("output_dir", "train.max_steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.tensorboard")
+LAST, BACKBONE = "last.pt", "backbone.pt"
+_STEP_FILE = re.compile(r"step-(\d{8,})\.pt")
 
 
 def seed_all(seed: int) -> None:
@@ -23,25 +58,256 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def collect(setup: TrainingSetup, recipe: recipe_mod.Recipe, step: int, epoch: int) -> dict[str, Any]:
-    """The checkpoint of ``setup`` after ``step`` steps (models, optimiser, schedule, RNG, recipe)."""
+def world_size() -> int:
+    """The number of training processes (1 without a process group)."""
+    return _rank_world()[1]
+
+
+def _rank_world(setup: TrainingSetup | None = None) -> tuple[int, int]:
+    """This process's rank and the number of processes (0 and 1 without a process group)."""
+    if setup is not None and hasattr(setup, "world_size"):
+        return int(setup.rank), int(setup.world_size)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# -- random number generators ---------------------------------------------------------------------------------
+
+def rng_state(setup: TrainingSetup) -> dict[str, Any]:
+    """This process's generators: python, numpy (whole state), torch CPU, CUDA.
+
+    The data side needs none: DataLoader generators are seeded per pass and workers per batch
+    (:mod:`tface.core.data.branches`).
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
+        "python": random.getstate(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(setup: TrainingSetup, state: Mapping[str, Any]) -> None:
+    """Restore :func:`rng_state` output."""
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather(obj: Any, world_size: int) -> list[Any]:
+    """``obj`` of every rank, indexed by rank (a collective: every rank calls it)."""
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# -- collect and restore ---------------------------------------------------------------------------------------
+
+def collect(setup: TrainingSetup, recipe: recipe_mod.Recipe, step: int, epoch: int, *,
+            metrics: Mapping[str, Any] | None = None, results: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The checkpoint of ``setup`` after ``step`` steps. Every rank calls it (the RNG states are gathered)."""
+    _, world = _rank_world(setup)
+    return {
+        "format": FORMAT,
         "step": step,
         "epoch": epoch,
+        "world_size": world,
         "backbone": setup.backbone.state_dict(),
         "classifiers": {name: c.state_dict() for name, c in setup.classifiers.items()},
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict(),
+        "loader": setup.loader.state_dict(),
+        "metrics": dict(metrics) if metrics is not None else None,
+        "results": [dict(r) for r in results],
+        # other parts of the run with a state (grad scaler, EMA, ...) register in setup.extra_state
+        "extra": {name: obj.state_dict() for name, obj in setup.extra_state.items()},
+        "rng": _gather(rng_state(setup), world),
         "recipe": recipe_mod.dumps(recipe),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": [int(x) for x in np.random.get_state()[1]]},
     }
 
 
-def save(folder: RunDir, state: dict[str, Any]) -> Path:
-    """Write ``checkpoints/last.pt`` and ``checkpoints/backbone.pt``; returns the path of ``last.pt``."""
-    ckpt_dir = folder.path / "checkpoints"
-    folder.claim(ckpt_dir / "last.pt", ckpt_dir / "backbone.pt")
-    path = checkpoint.save(ckpt_dir / "last.pt", state)
-    checkpoint.save(ckpt_dir / "backbone.pt", state["backbone"])
-    return path
+def _check_world(state: Mapping[str, Any], world_size: int, where: str) -> None:
+    if state["world_size"] != world_size or len(state["rng"]) != world_size:
+        raise TrainingError(f"{where}the checkpoint was saved by {state['world_size']} processes; resume it with "
+                            f"as many (this run has {world_size})")
+
+
+def restore(setup: TrainingSetup, state: Mapping[str, Any]) -> None:
+    """Load a checkpoint into a freshly built ``setup``: the next step is the one the saved run would have taken."""
+    rank, world = _rank_world(setup)
+    _check_world(state, world, "")
+    missing = sorted(set(setup.extra_state) - set(state["extra"]))
+    unknown = sorted(set(state["extra"]) - set(setup.extra_state))
+    if missing or unknown:
+        raise TrainingError("the checkpoint's extra state does not match this run's: "
+                            + "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                                      unknown and f"not used here {', '.join(unknown)}"])))
+    setup.backbone.load_state_dict(state["backbone"])
+    for name, c in setup.classifiers.items():
+        c.load_state_dict(state["classifiers"][name])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scheduler.load_state_dict(state["scheduler"])
+    try:
+        setup.loader.load_state_dict(state["loader"])
+    except ValueError as exc:
+        raise TrainingError(f"the checkpoint does not fit this run's data: {exc}") from exc
+    for name, obj in setup.extra_state.items():
+        obj.load_state_dict(state["extra"][name])
+    set_rng_state(setup, state["rng"][rank])
+
+
+# -- files -----------------------------------------------------------------------------------------------------
+
+def _step_files(folder: RunDir) -> list[tuple[int, Path]]:
+    """The run's own ``step-<N>.pt`` files (listed in its status), oldest first."""
+    own = set(folder.status["files"])
+    out = []
+    for rel in own:
+        path = Path(rel)
+        m = _STEP_FILE.fullmatch(path.name)
+        if m and path.parent.as_posix() == "checkpoints":
+            out.append((int(m.group(1)), folder.path / path))
+    return sorted(out)
+
+
+def save(folder: RunDir, state: Mapping[str, Any], keep: int = 0) -> Path:
+    """Write the checkpoint (rank 0 only); returns the path of ``last.pt``. See the module doc for the order.
+
+    With ``keep`` > 0 it is also written as ``checkpoints/step-<step>.pt`` and the run's older step files
+    beyond the newest ``keep`` are deleted.
+    """
+    ckpt = folder.path / "checkpoints"
+    last, backbone = ckpt / LAST, ckpt / BACKBONE
+    data = checkpoint.dumps(dict(state))
+    weights = checkpoint.dumps(state["backbone"])
+    named = ckpt / f"step-{int(state['step']):08d}.pt"
+    folder.claim(last, backbone, *([named] if keep else []))
+    if keep:
+        atomic_write_bytes(named, data)
+    if backbone.exists():
+        backbone.unlink()
+        fsync_dir(ckpt)
+    atomic_write_bytes(last, data)
+    atomic_write_bytes(backbone, weights)
+    if keep:
+        old = [path for _, path in _step_files(folder)][:-keep]
+        for path in old:
+            path.unlink(missing_ok=True)
+        folder.release(*old)
+    folder.note(checkpoint_step=int(state["step"]))
+    return last
+
+
+def load_last(run_dir: Path, flag: str = "--resume") -> dict[str, Any]:
+    """The newest checkpoint of a run folder; a clear error when there is none or it cannot be read."""
+    path = run_dir / "checkpoints" / LAST
+    if not path.is_file():
+        raise TrainingError(f"{flag} {run_dir}: holds no checkpoint ({path.relative_to(run_dir)} is missing: the "
+                            "run stopped before its first checkpoint; set train.checkpoint_every to save during "
+                            "training); start it again with --overwrite")
+    try:
+        state = checkpoint.load(path)
+    except Exception as exc:  # truncated, not a torch file, pickled objects weights_only refuses
+        raise TrainingError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise TrainingError(f"{path}: not a resumable tface checkpoint (format {found}, expected {FORMAT}; "
+                            "checkpoints of older tface versions hold too little to continue exactly)")
+    return state
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):
+            _flatten(v, f"{prefix}[{i}]", out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def recipe_differences(saved: str, recipe: recipe_mod.Recipe) -> list[str]:
+    """The keys (with old and new value) where ``recipe`` differs from the saved recipe text, except
+    :data:`RESUME_MAY_CHANGE`."""
+    old = _flatten(tomllib.loads(saved), "", {})
+    new = _flatten(tomllib.loads(recipe_mod.dumps(recipe)), "", {})
+    show = lambda v: "(absent)" if v is _ABSENT else recipe_mod.dumps({"v": v})[4:].strip()  # noqa: E731
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_MAY_CHANGE:
+            continue
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a != b:
+            out.append(f"{key} ({show(a)} -> {show(b)})")
+    return out
+
+
+_ABSENT = object()
+
+
+def check_resumable(state: Mapping[str, Any], recipe: recipe_mod.Recipe, run_dir: Path, status: str | None,
+                    world_size: int = 1) -> None:
+    """Refuse (:class:`TrainingError`) to continue ``state`` under ``recipe``, saying why."""
+    diffs = recipe_differences(state["recipe"], recipe)
+    if diffs:
+        raise TrainingError(f"--resume {run_dir}: the recipe differs from the run's in {', '.join(diffs)}; only "
+                            f"{', '.join(RESUME_MAY_CHANGE)} may change when resuming")
+    _check_world(state, world_size, f"--resume {run_dir}: ")
+    step, max_steps = int(state["step"]), recipe.train.max_steps
+    if max_steps < step:
+        raise TrainingError(f"--resume {run_dir}: train.max_steps = {max_steps} but the checkpoint is at step {step}")
+    if status == "done" and max_steps == step:
+        raise TrainingError(f"--resume {run_dir}: the run is done (step {step} of train.max_steps = {max_steps}); "
+                            "raise train.max_steps to train it further (--set train.max_steps=N)")
+
+
+def ensure_backbone(folder: RunDir, state: Mapping[str, Any]) -> None:
+    """Write ``backbone.pt`` from ``last.pt`` when a kill during a checkpoint left it absent."""
+    path = folder.path / "checkpoints" / BACKBONE
+    if not path.exists():
+        folder.claim(path)
+        checkpoint.save(path, state["backbone"])
+
+
+def export_backbone(run_dir: Path, out: Path, step: int | None = None, overwrite: bool = False) -> tuple[Path, int]:
+    """Write the backbone ``state_dict`` of a run's last (or ``step``) checkpoint to ``out``; returns (out, step)."""
+    ckpt = run_dir / "checkpoints"
+    if not run_dir.is_dir():
+        raise TrainingError(f"{run_dir}: no such run folder")
+    if out.exists() and not overwrite:
+        raise TrainingError(f"--out {out}: exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_file():
+        raise TrainingError(f"--out {out}: exists and is not a file")
+    if step is None:
+        source = ckpt / LAST
+        if not source.is_file():
+            raise TrainingError(f"{run_dir}: holds no checkpoint (checkpoints/{LAST} is missing)")
+    else:
+        source = ckpt / f"step-{step:08d}.pt"
+        if not source.is_file():
+            steps = sorted(int(m.group(1)) for p in ckpt.glob("step-*.pt") if (m := _STEP_FILE.fullmatch(p.name)))
+            last = ckpt / LAST
+            if last.is_file():
+                steps.append(int(checkpoint.load(last)["step"]))
+            have = ", ".join(str(s) for s in sorted(set(steps))) or "none"
+            raise TrainingError(f"{run_dir}: no checkpoint of step {step} (steps kept: {have}; "
+                                "train.keep_checkpoints keeps more)")
+    try:
+        state = checkpoint.load(source)
+        weights, saved_step = state["backbone"], int(state["step"])
+    except Exception as exc:
+        raise TrainingError(f"{source}: cannot be read as a tface checkpoint ({type(exc).__name__}: {exc})") from exc
+    atomic_write_bytes(out, checkpoint.dumps(weights))
+    return out, saved_step

@@ -45,12 +45,13 @@ def _scalars(prefix: str, record: dict[str, Any]) -> Iterable[tuple[str, float]]
 class TensorBoardLog:
     """One ``SummaryWriter`` in ``<run folder>/tensorboard``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        """``purge_step``: on resume, the first step to come again (TensorBoard hides older events from it on)."""
         require()
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(run_dir) / FOLDER
-        self.writer = SummaryWriter(log_dir=str(self.dir))
+        self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=purge_step)
 
     def files(self) -> list[Path]:
         """The event files written so far (for the run folder's list of own files)."""

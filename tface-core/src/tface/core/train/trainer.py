@@ -25,7 +25,7 @@ from tface.core.train.components import Components, build_components
 from tface.core.train.engine import StepEngine
 from tface.core.train.errors import TrainingError
 from tface.core.train.progress import Progress
-from tface.core.train.reporting import MetricsWindow, append_metrics, write_final_reports
+from tface.core.train.reporting import MetricsWindow, append_metrics, metrics_until, write_final_reports
 from tface.core.train.setup import build_training, embedding_size_of, resolve_device
 from tface.core.train.tensorboard import TensorBoardLog
 from tface.core.train.tensorboard import require as require_tensorboard
@@ -60,13 +60,19 @@ class Trainer:
     """Single-process trainer (CPU or one GPU). Writes everything into ``run_dir``."""
 
     def __init__(self, recipe: recipe_mod.Recipe, run_dir: str | Path | None = None, *, overwrite: bool = False,
-                 plugins: Sequence[Any] = (), echo: Callable[[str], None] | None = None):
+                 resume: bool = False, plugins: Sequence[Any] = (), echo: Callable[[str], None] | None = None):
         """``run_dir`` defaults to the recipe's ``output_dir``, else a new ``runs/<recipe>-<time>``.
 
         An existing folder must be empty, or hold an earlier run and ``overwrite`` be set (see
         :func:`tface.core.train.rundir.prepare_run_dir`); nothing is created before the inputs are checked.
+        With ``resume``, ``run_dir`` (required) holds an earlier run that continues from its last checkpoint;
+        ``recipe`` may differ from that run's only in :data:`tface.core.train.state.RESUME_MAY_CHANGE`.
         """
+        if resume and (run_dir is None or overwrite):
+            raise ValueError("resume needs run_dir and excludes overwrite")
         self.recipe = recipe
+        self.resume = resume
+        self.resume_state: dict[str, Any] | None = None
         self.run_dir_arg = Path(run_dir) if run_dir is not None else None
         #: The run folder; for the default ``runs/<recipe>-<time>`` known only once :meth:`run` created it.
         self.run_dir: Path | None = self.run_dir_arg or recipe.output_dir
@@ -77,6 +83,9 @@ class Trainer:
         self.results: list[dict[str, Any]] = []
         self.step = 0
         self.tensorboard: TensorBoardLog | None = None
+        self.epoch = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint
+        self.window: MetricsWindow | None = None  # the metrics since the last metrics.jsonl line
 
     # -- setup -------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -87,6 +96,15 @@ class Trainer:
         self.parts.check_inputs()
         if self.cfg.tensorboard:
             require_tensorboard()
+        if self.resume:
+            assert self.run_dir_arg is not None
+            self.folder = rundir.reopen_run_dir(self.run_dir_arg)
+            self.run_dir = self.folder.path
+            self.resume_state = state.load_last(self.run_dir)
+            state.check_resumable(self.resume_state, self.recipe, self.run_dir, self.folder.status.get("status"),
+                                  state.world_size())
+            self.folder.resumed(self.resume_state["step"])
+            return
         if self.run_dir_arg is not None:
             self.run_dir = rundir.prepare_run_dir(self.run_dir_arg, self.overwrite, "--output-dir")
         elif self.recipe.output_dir is not None:
@@ -107,6 +125,17 @@ class Trainer:
         self.scheduler = self.setup.scheduler
         self.loader = self.setup.loader
         self.data_seconds = self.setup.data_seconds
+        saved = self.resume_state
+        if saved is not None:  # last, so nothing built afterwards draws from the restored generators
+            state.restore(self.setup, saved)
+            self.step = self.saved_step = int(saved["step"])
+            self.epoch = int(saved["epoch"])
+            self.results = list(saved["results"])
+            if saved["metrics"] is not None:
+                self.window = MetricsWindow([s.name for s in self.loader.specs])
+                self.window.load_state_dict(saved["metrics"])
+            state.ensure_backbone(self.folder, saved)
+            self.resume_state = None  # the weights live in the models now
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, step: int, stage: str) -> list[dict[str, Any]]:
@@ -125,17 +154,24 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
     def _checkpoint(self, step: int, epoch: int) -> Path:
-        path = state.save(self.folder, state.collect(self.setup, self.recipe, step, epoch))
+        assert self.window is not None
+        ckpt = state.collect(self.setup, self.recipe, step, epoch, metrics=self.window.state_dict(),
+                             results=self.results)
+        path = state.save(self.folder, ckpt, keep=self.cfg.keep_checkpoints)
+        self.saved_step = step
         self.pm.hook.tface_checkpoint_saved(step=step, path=path)
         return path
 
     def train(self) -> int:
+        """Train from ``self.step`` (0, or a resumed checkpoint's) to ``train.max_steps``; checkpoint on the way."""
         cfg = self.cfg
-        progress = Progress(cfg.max_steps)
-        step, epoch = 0, 0
+        step, epoch = self.step, self.epoch
+        progress = Progress(cfg.max_steps, start=step)
         self.backbone.train()
         self.classifiers.train()
-        window = MetricsWindow([s.name for s in self.loader.specs], self.device)
+        if self.window is None:  # started here, so the first line's images/s leaves out evaluation
+            self.window = MetricsWindow([s.name for s in self.loader.specs], self.device)
+        window = self.window
         while step < cfg.max_steps:
             for batch in _data_errors(self.loader, lambda: step + 1):  # noqa: B023 - read when an error happens
                 result = self.engine.step(batch, step + 1)
@@ -156,13 +192,17 @@ class Trainer:
                     progress.close()
                     self.evaluate(step, "train")
                     self.backbone.train()
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                    self._checkpoint(step, epoch)
                 if step >= cfg.max_steps:
                     break
             else:
                 epoch += 1
+                self.epoch = epoch
                 self.pm.hook.tface_epoch_end(epoch=epoch, step=step)
         progress.close()
-        self._checkpoint(step, epoch)
+        if self.saved_step != step:  # a resumed run that had reached max_steps has its checkpoint already
+            self._checkpoint(step, epoch)
         return step
 
     # -- the whole run -----------------------------------------------------------------------------
@@ -187,9 +227,15 @@ class Trainer:
         assert self.run_dir is not None
         self.folder.write_text("recipe.toml", recipe_mod.dumps(self.recipe))
         self.folder.write_text("plugins.json", json.dumps(registry.loaded_versions(), indent=2) + "\n")
-        self.folder.write_text("metrics.jsonl", "")
+        if self.resume_state is not None:  # lines written after the checkpoint come again, from the same steps
+            self.folder.claim("metrics.jsonl")
+            metrics_until(self.run_dir, int(self.resume_state["step"]))
+        else:
+            self.folder.write_text("metrics.jsonl", "")
         if self.cfg.tensorboard:
-            self.tensorboard = TensorBoardLog(self.folder.path)
+            # events after the checkpoint's step (written by a killed run) are hidden: they come again
+            purge = int(self.resume_state["step"]) + 1 if self.resume_state is not None else None
+            self.tensorboard = TensorBoardLog(self.folder.path, purge_step=purge)
             self.folder.claim(*self.tensorboard.files())
         try:
             return self._train_and_report(t_start)
@@ -200,8 +246,11 @@ class Trainer:
 
     def _train_and_report(self, t_start: float) -> dict[str, Any]:
         assert self.run_dir is not None
+        resumed = self.resume_state is not None
         self._setup()
-        if self.cfg.eval_at_start and self.parts.protocols:
+        if resumed:
+            self.echo(f"resuming {self.run_dir} at step {self.step} of {self.cfg.max_steps}")
+        elif self.cfg.eval_at_start and self.parts.protocols:
             self.echo("evaluating the untrained model ...")
             self.evaluate(0, "untrained")
         self.pm.hook.tface_run_start(recipe=self.recipe, run_dir=self.run_dir, model=self.backbone)
