@@ -1,8 +1,10 @@
 """Validate plain dicts (from TOML) into attrs config classes.
 
 Every recipe value passes through :func:`structure`, so a wrong key or type is reported with its full
-key path (``head.m: expected float, got "x"``) before anything expensive runs. Components declare their
-options as an attrs class; :func:`uses` attaches one to a factory function.
+key path (``head.m: expected float, got "x"``) before anything expensive runs. A component declares its
+options once, in its constructor's signature: :func:`options` builds the attrs ``Config`` from it
+(checks go beside the defaults with :func:`option`), so defaults cannot drift between the two;
+:func:`check_options` tells a plugin's test suite whether a component's ``Config`` and constructor agree.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import attrs
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "field_problems", "structure", "unstructure", "uses", "closest", "validate_options",
-           "INT_MIN", "INT_MAX"]
+           "option", "options", "check_options", "INT_MIN", "INT_MAX"]
 
 #: The integer range of TOML (and of torch/numpy seeds and sizes): recipe integers outside it are refused.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
@@ -42,13 +44,176 @@ def closest(word: str, choices: Sequence[str]) -> str | None:
 
 
 def uses(config_cls: type) -> Callable[[T], T]:
-    """Attach ``config_cls`` as ``Config`` to a factory so the registry can validate its options."""
+    """Attach a hand-written ``config_cls`` as ``Config`` to a factory so the registry can validate its options.
+
+    Prefer :func:`options`, which derives the class from the signature; :func:`check_options` finds a
+    hand-written ``Config`` that disagrees with the constructor.
+    """
 
     def attach(obj: T) -> T:
         obj.Config = config_cls  # type: ignore[attr-defined]
         return obj
 
     return attach
+
+
+@attrs.frozen
+class _Option:
+    """What :func:`option` puts in a signature until :func:`options` replaces it by the plain default."""
+
+    default: Any
+    validators: tuple[Callable[[Any, Any, Any], Any], ...]
+
+
+def option(default: Any, *validators: Callable[[Any, Any, Any], Any]) -> Any:
+    """A default with the checks its recipe values must pass, written in the constructor's signature.
+
+    ``m: float = option(0.5, attrs.validators.ge(0))``; the validators are attrs validators (or any
+    ``(instance, attribute, value)`` callable raising ``ValueError``/``TypeError``). Only a function or
+    class decorated with :func:`options` may use it: the decorator puts the plain default back.
+    """
+    return _Option(default, validators)
+
+
+_CHECKS = "__tface_option_checks__"
+
+
+def _plain_defaults(function: Any) -> dict[str, tuple[Callable[[Any, Any, Any], Any], ...]]:
+    """Replace :func:`option` defaults of ``function`` by their values; its validators, by option name.
+
+    The validators are kept on the function, so a subclass that inherits a decorated ``__init__`` (and is
+    decorated itself) gets the same checks.
+    """
+    checks = dict(getattr(function, _CHECKS, {}))
+    for p in inspect.signature(function).parameters.values():
+        if isinstance(p.default, _Option):
+            checks[p.name] = p.default.validators
+    function.__defaults__ = tuple(d.default if isinstance(d, _Option) else d for d in function.__defaults__ or ())
+    if function.__kwdefaults__:
+        function.__kwdefaults__ = {k: d.default if isinstance(d, _Option) else d
+                                   for k, d in function.__kwdefaults__.items()}
+    setattr(function, _CHECKS, checks)
+    return checks
+
+
+def options(component: T) -> T:
+    """Derive the attrs ``Config`` of a component class or factory function from its signature.
+
+    Every keyword parameter (of ``__init__`` for a class) is an option: its annotation is the type recipe
+    values are checked against, its default is the default, and ``option(default, *validators)`` adds
+    checks. The result is what a hand-written ``Config`` would be, so :func:`validate_options` and every
+    error message work unchanged, and each default is written once. Defaults must be immutable (a tuple,
+    not a list): one default is shared by every call.
+    """
+    name = getattr(component, "__qualname__", repr(component))
+    is_class = isinstance(component, type)
+    function = component if not is_class else None if _takes_no_options(component) else next(
+        vars(c)["__init__"] for c in component.__mro__ if "__init__" in vars(c))
+    if function is not None and not inspect.isfunction(function):
+        raise TypeError(f"@options needs a class or a plain function, got {component!r}")
+    checks = _plain_defaults(function) if function is not None else {}
+    params = list(inspect.signature(function).parameters.values())[int(is_class):] if function is not None else []
+    namespace: dict[str, Any] = {
+        "__module__": component.__module__, "__qualname__": f"{name}.Config",
+        "__doc__": f"Options of ``{name}``, derived from its signature by ``@options``."}
+    annotations: dict[str, Any] = {}
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        annotations[p.name] = Any if p.annotation is p.empty else p.annotation
+        if p.default is p.empty:
+            namespace[p.name] = attrs.field(kw_only=True)
+            continue
+        if isinstance(p.default, (list, dict, set)):
+            raise TypeError(f"{name}: the default of option {p.name!r} is a mutable {type(p.default).__name__}; "
+                            "use a tuple (or None): one default is shared by every call")
+        validators = list(checks.get(p.name, ()))
+        namespace[p.name] = attrs.field(default=p.default, kw_only=True, validator=validators or None)
+    namespace["__annotations__"] = annotations
+    component.Config = attrs.define(type("Config", (), namespace))  # type: ignore[attr-defined]
+    return component
+
+
+_REQUIRED = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two defaults are one option value (a list and a tuple of equal items are: TOML has arrays)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an object whose == raises is no match
+        return False
+
+
+def _agree(declared: Any, accepted: Any) -> bool:
+    if declared is _REQUIRED or accepted is _REQUIRED:
+        return declared is accepted
+    return _same(declared, accepted)
+
+
+def _show(value: Any) -> str:
+    return "no default (required)" if value is _REQUIRED else f"default {value!r}"
+
+
+def check_options(component: Any, example: Mapping[str, Any] | None = None) -> list[str]:
+    """What is wrong with how ``component`` declares its options; ``[]`` when nothing is.
+
+    For a plugin's own test suite (``assert check_options(MyHead) == []``); tface runs it on every
+    registered component. It checks that the ``Config`` (when there is one) and the constructor take the
+    same option names with the same defaults, that the defaults pass the validators, and that the
+    component can be built from them. ``example`` gives values for options without a default (paths
+    are not opened by a constructor, so any path will do).
+    """
+    name = getattr(component, "__qualname__", repr(component))
+    problems: list[str] = []
+    config = getattr(component, "Config", None)
+    if config is not None and attrs.has(config):
+        if isinstance(component, type) and _takes_no_options(component):
+            params: dict[str, inspect.Parameter] | None = {}
+        else:
+            try:
+                params = dict(inspect.signature(component).parameters)
+            except (TypeError, ValueError):
+                params = None  # not inspectable (a builtin): only building can tell
+        if params is not None:
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            accepted = {n: (_REQUIRED if p.default is p.empty else p.default) for n, p in params.items()
+                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            declared: dict[str, Any] = {}
+            for f in attrs.fields(config):
+                if not f.init:
+                    continue
+                default = f.default
+                if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                    default = default.factory(None) if default.takes_self else default.factory()
+                declared[f.alias or f.name] = _REQUIRED if default is attrs.NOTHING else default
+            for key, default in declared.items():
+                if key not in accepted:
+                    if not takes_any:
+                        problems.append(f"{name}: option {key!r} is in Config but the constructor does not take it")
+                elif not _agree(default, accepted[key]):
+                    problems.append(f"{name}: option {key!r} has {_show(default)} in Config but "
+                                    f"{_show(accepted[key])} in the constructor")
+            for key in accepted:
+                if key not in declared:
+                    problems.append(f"{name}: the constructor takes {key!r} but Config does not declare it "
+                                    "(a recipe cannot set it)")
+    if problems:
+        return problems
+    try:
+        kwargs = validate_options(component, dict(example or {}), name)
+    except ConfigError as exc:
+        return [p + (" (give it a value in example=)" if p.endswith("required key is missing") else "")
+                for p in exc.problems]
+    try:
+        component(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        problems.append(f"{name}: building it from the validated defaults failed: {type(exc).__name__}: {exc}")
+    return problems
 
 
 def _describe(value: Any) -> str:
