@@ -10,6 +10,7 @@ options once, in its constructor's signature: :func:`options` builds the attrs `
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import pathlib
@@ -96,6 +97,12 @@ def _plain_defaults(function: Any) -> dict[str, tuple[Callable[[Any, Any, Any], 
     return checks
 
 
+def _is_tuple_type(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # not resolved yet (``from __future__ import annotations``)
+        return annotation.replace("typing.", "").startswith(("tuple", "Tuple"))
+    return annotation is tuple or typing.get_origin(annotation) is tuple
+
+
 def options(component: T) -> T:
     """Derive the attrs ``Config`` of a component class or factory function from its signature.
 
@@ -103,7 +110,8 @@ def options(component: T) -> T:
     values are checked against, its default is the default, and ``option(default, *validators)`` adds
     checks. The result is what a hand-written ``Config`` would be, so :func:`validate_options` and every
     error message work unchanged, and each default is written once. Defaults must be immutable (a tuple,
-    not a list): one default is shared by every call.
+    not a list): one default is shared by every call; the ``Config`` turns a tuple default into a fresh list
+    (unless the option is typed ``tuple``), as a TOML array is read as a list.
     """
     name = getattr(component, "__qualname__", repr(component))
     is_class = isinstance(component, type)
@@ -128,7 +136,10 @@ def options(component: T) -> T:
             raise TypeError(f"{name}: the default of option {p.name!r} is a mutable {type(p.default).__name__}; "
                             "use a tuple (or None): one default is shared by every call")
         validators = list(checks.get(p.name, ()))
-        namespace[p.name] = attrs.field(default=p.default, kw_only=True, validator=validators or None)
+        default: Any = p.default
+        if isinstance(default, tuple) and not _is_tuple_type(annotations[p.name]):
+            default = attrs.Factory(functools.partial(list, default))  # an array option reads as a list
+        namespace[p.name] = attrs.field(default=default, kw_only=True, validator=validators or None)
     namespace["__annotations__"] = annotations
     component.Config = attrs.define(type("Config", (), namespace))  # type: ignore[attr-defined]
     return component
