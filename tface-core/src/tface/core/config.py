@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import attrs
 
+from tface.core import kinds
+
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "field_problems", "structure", "unstructure", "uses", "closest", "validate_options",
@@ -170,16 +172,17 @@ def _show(value: Any) -> str:
     return "no default (required)" if value is _REQUIRED else f"default {value!r}"
 
 
-def check_options(component: Any, example: Mapping[str, Any] | None = None) -> list[str]:
+def check_options(component: Any, example: Mapping[str, Any] | None = None, *, kind: str | None = None) -> list[str]:
     """What is wrong with how ``component`` declares its options; ``[]`` when nothing is.
 
-    For a plugin's own test suite (``assert check_options(MyHead) == []``); tface runs it on every
-    registered component. It checks that the ``Config`` (when there is one) and the constructor take the
-    same option names with the same defaults, that the defaults pass the validators, and that the
-    component can be built from them. ``example`` gives values for options without a default (paths
-    are not opened by a constructor, so any path will do).
+    For a plugin's own test suite (``assert check_options(MyHead, kind="heads") == []``); tface runs it
+    on every registered component. It checks that the ``Config`` (when there is one) and the constructor
+    take the same option names with the same defaults, that the defaults pass the validators, that the
+    component can be built from them and, given its ``kind``, that what it builds is that kind's base
+    (``tface.core.kinds``). ``example`` gives values for options without a default (a constructor must
+    not open the files its options name, so any path will do).
     """
-    name = getattr(component, "__qualname__", repr(component))
+    name = getattr(component, "__name__", repr(component))
     problems: list[str] = []
     config = getattr(component, "Config", None)
     if config is not None and attrs.has(config):
@@ -221,9 +224,12 @@ def check_options(component: Any, example: Mapping[str, Any] | None = None) -> l
         return [p + (" (give it a value in example=)" if p.endswith("required key is missing") else "")
                 for p in exc.problems]
     try:
-        component(**kwargs)
+        built = component(**kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure is the finding
-        problems.append(f"{name}: building it from the validated defaults failed: {type(exc).__name__}: {exc}")
+        return [f"{name}: building it from the validated defaults failed: {type(exc).__name__}: {exc}"]
+    if kind is not None and not isinstance(built, kinds.get(kind).base_type()):
+        problems.append(f"{name}: builds a {type(built).__qualname__}, which is not a "
+                        f"{kinds.get(kind).base.replace(':', '.')} (what {kind} must be)")
     return problems
 
 
