@@ -71,3 +71,13 @@ def test_the_table_imports_nothing_heavy():
     code = "import sys, tface.core.kinds, tface.core.registry; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_recipe_holds_each_slot_under_its_name():
+    """``getattr(recipe, kind.slot)`` is that kind's component(s): what code building a recipe iterates."""
+    import attrs
+
+    fields = attrs.fields_dict(recipe.Recipe)
+    assert all(k.slot in fields for k in kinds.in_recipe())
+    assert {k.slot for k in kinds.in_recipe() if k.many} == {n for n, f in fields.items() if f.type and
+                                                             str(f.type).startswith("list[")}
