@@ -116,13 +116,18 @@ def options(component: T) -> T:
     (unless the option is typed ``tuple``), as a TOML array is read as a list.
     """
     name = getattr(component, "__qualname__", repr(component))
-    is_class = isinstance(component, type)
-    function = component if not is_class else None if _takes_no_options(component) else next(
-        vars(c)["__init__"] for c in component.__mro__ if "__init__" in vars(c))
-    if function is not None and not inspect.isfunction(function):
-        raise TypeError(f"@options needs a class or a plain function, got {component!r}")
-    checks = _plain_defaults(function) if function is not None else {}
-    params = list(inspect.signature(function).parameters.values())[int(is_class):] if function is not None else []
+    params: list[inspect.Parameter] = []
+    checks: dict[str, tuple[Callable[[Any, Any, Any], Any], ...]] = {}
+    if not (isinstance(component, type) and _takes_no_options(component)):
+        function = component
+        if isinstance(component, type):  # the __init__ it runs, its own or inherited
+            function = next(vars(c)["__init__"] for c in component.__mro__ if "__init__" in vars(c))
+        if not inspect.isfunction(function):
+            raise TypeError(f"@options needs a class or a plain function, got {component!r}")
+        checks = _plain_defaults(function)
+        params = list(inspect.signature(function).parameters.values())
+        if isinstance(component, type):
+            params = params[1:]  # self
     namespace: dict[str, Any] = {
         "__module__": component.__module__, "__qualname__": f"{name}.Config",
         "__doc__": f"Options of ``{name}``, derived from its signature by ``@options``."}
@@ -172,6 +177,41 @@ def _show(value: Any) -> str:
     return "no default (required)" if value is _REQUIRED else f"default {value!r}"
 
 
+def _disagreements(component: Any, name: str) -> list[str]:
+    """Where a component's ``Config`` and its constructor differ in option names or defaults."""
+    config = getattr(component, "Config", None)
+    if config is None or not attrs.has(config):
+        return []  # validated from the signature itself: nothing to disagree with
+    if isinstance(component, type) and _takes_no_options(component):
+        params: dict[str, inspect.Parameter] = {}
+    else:
+        try:
+            params = dict(inspect.signature(component).parameters)
+        except (TypeError, ValueError):
+            return []  # not inspectable (a builtin): only building it can tell
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = {n: (_REQUIRED if p.default is p.empty else p.default) for n, p in params.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    declared: dict[str, Any] = {}
+    for f in attrs.fields(config):
+        if f.init:
+            default = f.default
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory(None) if default.takes_self else default.factory()
+            declared[f.alias or f.name] = _REQUIRED if default is attrs.NOTHING else default
+    problems = []
+    for key, default in declared.items():
+        if key not in accepted:
+            if not takes_any:
+                problems.append(f"{name}: option {key!r} is in Config but the constructor does not take it")
+        elif not _agree(default, accepted[key]):
+            problems.append(f"{name}: option {key!r} has {_show(default)} in Config but "
+                            f"{_show(accepted[key])} in the constructor")
+    problems += [f"{name}: the constructor takes {key!r} but Config does not declare it (a recipe cannot set it)"
+                 for key in accepted if key not in declared]
+    return problems
+
+
 def check_options(component: Any, example: Mapping[str, Any] | None = None, *, kind: str | None = None) -> list[str]:
     """What is wrong with how ``component`` declares its options; ``[]`` when nothing is.
 
@@ -183,39 +223,7 @@ def check_options(component: Any, example: Mapping[str, Any] | None = None, *, k
     not open the files its options name, so any path will do).
     """
     name = getattr(component, "__name__", repr(component))
-    problems: list[str] = []
-    config = getattr(component, "Config", None)
-    if config is not None and attrs.has(config):
-        if isinstance(component, type) and _takes_no_options(component):
-            params: dict[str, inspect.Parameter] | None = {}
-        else:
-            try:
-                params = dict(inspect.signature(component).parameters)
-            except (TypeError, ValueError):
-                params = None  # not inspectable (a builtin): only building can tell
-        if params is not None:
-            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-            accepted = {n: (_REQUIRED if p.default is p.empty else p.default) for n, p in params.items()
-                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-            declared: dict[str, Any] = {}
-            for f in attrs.fields(config):
-                if not f.init:
-                    continue
-                default = f.default
-                if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-                    default = default.factory(None) if default.takes_self else default.factory()
-                declared[f.alias or f.name] = _REQUIRED if default is attrs.NOTHING else default
-            for key, default in declared.items():
-                if key not in accepted:
-                    if not takes_any:
-                        problems.append(f"{name}: option {key!r} is in Config but the constructor does not take it")
-                elif not _agree(default, accepted[key]):
-                    problems.append(f"{name}: option {key!r} has {_show(default)} in Config but "
-                                    f"{_show(accepted[key])} in the constructor")
-            for key in accepted:
-                if key not in declared:
-                    problems.append(f"{name}: the constructor takes {key!r} but Config does not declare it "
-                                    "(a recipe cannot set it)")
+    problems = _disagreements(component, name)
     if problems:
         return problems
     try:
