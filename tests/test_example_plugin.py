@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -66,3 +67,17 @@ def test_formula(installed):
             c = float(batch.cos[i, j].detach())
             want = 10.0 * (math.cos(min(0.9 * math.acos(c) + 0.3, math.pi)) - 0.1) if j == labels[i] else 10.0 * c
             assert float(logits[i, j].detach()) == pytest.approx(want, abs=1e-6)
+
+
+def test_its_options_are_declared_right(installed):
+    """What the plugin's own test suite would say (docs/plugins.md): Config and constructor agree."""
+    sys.path.insert(0, installed["PYTHONPATH"])
+    try:
+        from tface_head_example import CombinedMargin
+    finally:
+        sys.path.pop(0)
+    from tface.core.config import check_options
+
+    assert check_options(CombinedMargin, kind="heads") == []
+    assert [(f.name, f.default) for f in attrs.fields(CombinedMargin.Config)] == [
+        ("s", 64.0), ("m1", 1.0), ("m2", 0.3), ("m3", 0.2)]

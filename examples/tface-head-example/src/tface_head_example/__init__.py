@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import math
 
-import attrs
 import torch
+from attrs.validators import ge, gt
 
 from tface.core.classifier import HeadInput, MarginHead
+from tface.core.config import option, options
 
 
+@options  # the options (and their checks) are the constructor's keyword arguments
 class CombinedMargin(MarginHead):
-    @attrs.define
-    class Config:
-        s: float = attrs.field(default=64.0, validator=attrs.validators.gt(0))
-        m1: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-        m2: float = attrs.field(default=0.3, validator=attrs.validators.ge(0))
-        m3: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
-
-    def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2):
+    def __init__(self, s: float = option(64.0, gt(0)), m1: float = option(1.0, gt(0)),
+                 m2: float = option(0.3, ge(0)), m3: float = option(0.2, ge(0))):
         super().__init__()
         self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import attrs
 import torch
 
+from tface.core.config import option, options
+
 __all__ = ["HorizontalFlip"]
 
 
+@options
 class HorizontalFlip:
     """Mirror the image with probability ``p`` (TFace's only training augmentation).
 
@@ -15,11 +18,7 @@ class HorizontalFlip:
     Randomness comes from torch's global generator, which DataLoader seeds per worker.
     """
 
-    @attrs.define
-    class Config:
-        p: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = option(0.5, attrs.validators.ge(0), attrs.validators.le(1))):
         self.p = float(p)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:

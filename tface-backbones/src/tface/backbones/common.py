@@ -8,9 +8,13 @@ TFace checkpoint loads with ``strict=True``. Rename nothing without a checkpoint
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import attrs
 import torch
 from torch import nn
+
+from tface.core.config import option
 
 __all__ = [
     "GDC",
@@ -19,8 +23,29 @@ __all__ = [
     "SEModule",
     "check_choice",
     "check_head_options",
+    "dropout_option",
+    "embedding_option",
+    "input_size_option",
     "initialize_weights",
 ]
+
+
+# The recipe options every backbone factory takes, for its ``@options`` signature (written once here).
+
+
+def embedding_option(default: int = 512) -> Any:
+    """``embedding_size``: a positive width."""
+    return option(default, attrs.validators.gt(0))
+
+
+def input_size_option(choices: tuple[int, ...], default: int = 112) -> Any:
+    """``input_size``: one of the square crop sides the architecture supports."""
+    return option(default, attrs.validators.in_(choices))
+
+
+def dropout_option(default: float) -> Any:
+    """``dropout`` before the embedding layer: a rate in [0, 1)."""
+    return option(default, attrs.validators.ge(0.0), attrs.validators.lt(1.0))
 
 
 def initialize_weights(modules: Iterable[nn.Module]) -> None:

@@ -13,12 +13,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import attrs
 import torch
 from torch import nn
 
-from tface.backbones.common import GDC, SEModule, check_choice, check_head_options
-from tface.core.config import uses
+from tface.backbones.common import (
+    GDC,
+    SEModule,
+    check_choice,
+    check_head_options,
+    dropout_option,
+    embedding_option,
+    input_size_option,
+)
+from tface.core.config import options
 
 __all__ = [
     "DEPTH_FACTORS",
@@ -164,23 +171,15 @@ class EfficientNet(nn.Module):
         return self.output(self.features(x))
 
 
-@attrs.define
-class EfficientNetConfig:
-    """Recipe options of :func:`efficientnet_b0` and :func:`efficientnet_b1`; names equal their keywords."""
-
-    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
-    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
-    dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
-
-
 def _build(version: str, embedding_size: int, input_size: int, dropout: float) -> EfficientNet:
     check_choice("input_size", input_size, INPUT_SIZES)
     check_head_options(embedding_size, dropout)
     return EfficientNet(DEPTH_FACTORS[version], embedding_size, input_size, dropout)
 
 
-@uses(EfficientNetConfig)
-def efficientnet_b0(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def efficientnet_b0(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+                    dropout: float = dropout_option(0.0)) -> nn.Module:
     """EfficientNet-B0 face variant (TFace ``EfficientNetB0``): 4,057,600 parameters at 112/512.
 
     ``dropout`` (default off; TFace accepts a rate but never applies it) acts before the GDC Linear.
@@ -188,7 +187,13 @@ def efficientnet_b0(embedding_size: int = 512, input_size: int = 112, dropout: f
     return _build("b0", embedding_size, input_size, dropout)
 
 
-@uses(EfficientNetConfig)
-def efficientnet_b1(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def efficientnet_b1(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+                    dropout: float = dropout_option(0.0)) -> nn.Module:
     """EfficientNet-B1 face variant (TFace ``EfficientNetB1``, depth ×1.1): 6,567,648 parameters at 112/512."""
     return _build("b1", embedding_size, input_size, dropout)
+
+
+#: The options of :func:`efficientnet_b0` as a class (the name earlier releases exported; the family's other
+#: factories have equal ones).
+EfficientNetConfig = efficientnet_b0.Config

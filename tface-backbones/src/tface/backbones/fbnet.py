@@ -16,12 +16,11 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import attrs
 import torch
 from torch import nn
 
-from tface.backbones.common import check_choice, initialize_weights
-from tface.core.config import uses
+from tface.backbones.common import check_choice, dropout_option, embedding_option, initialize_weights, input_size_option
+from tface.core.config import options
 
 __all__ = ["ARCHS", "FBNet", "FBNetConfig", "IRFBlock", "build_fbnet", "fbnet_a", "fbnet_b", "fbnet_c"]
 
@@ -183,28 +182,27 @@ def build_fbnet(arch: str, embedding_size: int = 512, input_size: int = 112, dro
     return FBNet(ARCHS[arch], embedding_size, input_size, dropout)
 
 
-@attrs.define
-class FBNetConfig:
-    """Recipe options shared by the FBNet factories; field names equal the factories' keywords."""
-
-    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
-    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
-    dropout: float = attrs.field(default=0.4, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
-
-
-@uses(FBNetConfig)
-def fbnet_a(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
+@options
+def fbnet_a(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+            dropout: float = dropout_option(0.4)) -> nn.Module:
     """FBNet-A (TFace ``fbnet_a``): 11.0 M parameters at 512-d, 8.8 M of them in the head's Linear."""
     return build_fbnet("fbnet_a", embedding_size, input_size, dropout)
 
 
-@uses(FBNetConfig)
-def fbnet_b(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
+@options
+def fbnet_b(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+            dropout: float = dropout_option(0.4)) -> nn.Module:
     """FBNet-B (TFace ``fbnet_b``): 10.9 M parameters at 512-d."""
     return build_fbnet("fbnet_b", embedding_size, input_size, dropout)
 
 
-@uses(FBNetConfig)
-def fbnet_c(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
+@options
+def fbnet_c(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+            dropout: float = dropout_option(0.4)) -> nn.Module:
     """FBNet-C (TFace ``fbnet_c``): 11.7 M parameters at 512-d, the widest of the three."""
     return build_fbnet("fbnet_c", embedding_size, input_size, dropout)
+
+
+#: The options of :func:`fbnet_a` as a class (the name earlier releases exported; the family's other
+#: factories have equal ones).
+FBNetConfig = fbnet_a.Config

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import math
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tface.backbones.common import GDC, check_choice, check_head_options, initialize_weights
-from tface.core.config import uses
+from tface.backbones.common import (
+    GDC,
+    check_choice,
+    check_head_options,
+    dropout_option,
+    embedding_option,
+    initialize_weights,
+    input_size_option,
+)
+from tface.core.config import options
 
 __all__ = ["STAGES", "GhostNet", "GhostNetConfig", "ghostnet", "make_divisible"]
 
@@ -184,17 +191,9 @@ class GhostNet(nn.Module):
         return self.output_layer(self.blocks(x))
 
 
-@attrs.define
-class GhostNetConfig:
-    """Recipe options of :func:`ghostnet`; field names equal the factory's keywords."""
-
-    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
-    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
-    dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
-
-
-@uses(GhostNetConfig)
-def ghostnet(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def ghostnet(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+             dropout: float = dropout_option(0.0)) -> nn.Module:
     """GhostNet ×1.3 (TFace ``GhostNet``): 4,057,584 parameters at 112/512; 224 input widens the GDC kernel.
 
     ``dropout`` (default off, as in TFace) acts before the GDC Linear and adds no state_dict keys.
@@ -202,3 +201,7 @@ def ghostnet(embedding_size: int = 512, input_size: int = 112, dropout: float = 
     check_choice("input_size", input_size, INPUT_SIZES)
     check_head_options(embedding_size, dropout)
     return GhostNet(embedding_size, input_size, dropout)
+
+
+#: The options of :func:`ghostnet` as a class (the name earlier releases exported).
+GhostNetConfig = ghostnet.Config

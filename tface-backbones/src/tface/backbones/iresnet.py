@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
 import torch
 from torch import nn
 
-from tface.backbones.common import check_choice
-from tface.core.config import uses
+from tface.backbones.common import check_choice, dropout_option, embedding_option, input_size_option
+from tface.core.config import options
 
 __all__ = [
     "UNITS",
@@ -131,43 +130,41 @@ def build_iresnet(depth: int, embedding_size: int = 512, input_size: int = 112, 
     return IResNet(UNITS[depth], embedding_size, input_size, dropout)
 
 
-@attrs.define
-class IResNetConfig:
-    """Recipe options shared by the iResNet factories; field names equal the factories' keywords.
-
-    ``embedding_size`` is arcface_torch's ``num_features``.
-    """
-
-    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
-    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
-    dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
-
-
-@uses(IResNetConfig)
-def iresnet_18(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def iresnet_18(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+               dropout: float = dropout_option(0.0)) -> nn.Module:
     """arcface_torch ``r18``: 24.0 M parameters at 112/512."""
     return build_iresnet(18, embedding_size, input_size, dropout)
 
 
-@uses(IResNetConfig)
-def iresnet_34(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def iresnet_34(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+               dropout: float = dropout_option(0.0)) -> nn.Module:
     """arcface_torch ``r34``: 34.1 M parameters at 112/512."""
     return build_iresnet(34, embedding_size, input_size, dropout)
 
 
-@uses(IResNetConfig)
-def iresnet_50(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def iresnet_50(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+               dropout: float = dropout_option(0.0)) -> nn.Module:
     """arcface_torch ``r50``: 43.6 M parameters at 112/512."""
     return build_iresnet(50, embedding_size, input_size, dropout)
 
 
-@uses(IResNetConfig)
-def iresnet_100(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def iresnet_100(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+                dropout: float = dropout_option(0.0)) -> nn.Module:
     """arcface_torch ``r100``: 65.2 M parameters at 112/512."""
     return build_iresnet(100, embedding_size, input_size, dropout)
 
 
-@uses(IResNetConfig)
-def iresnet_200(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def iresnet_200(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+                dropout: float = dropout_option(0.0)) -> nn.Module:
     """arcface_torch ``r200``: 118.8 M parameters at 112/512."""
     return build_iresnet(200, embedding_size, input_size, dropout)
+
+
+#: The options of :func:`iresnet_18` as a class (the name earlier releases exported; the family's other
+#: factories have equal ones).
+IResNetConfig = iresnet_18.Config

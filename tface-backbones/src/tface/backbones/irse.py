@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
 import torch
 from torch import nn
 
-from tface.backbones.common import SEModule, check_choice, initialize_weights
-from tface.core.config import uses
+from tface.backbones.common import (
+    SEModule,
+    check_choice,
+    dropout_option,
+    embedding_option,
+    initialize_weights,
+    input_size_option,
+)
+from tface.core.config import options
 
 __all__ = ["IR", "UNITS", "IRConfig", "build_ir", "ir_18", "ir_34", "ir_50", "ir_101", "ir_152", "ir_200",
            "ir_se_50", "ir_se_101", "ir_se_152", "ir_se_200"]
@@ -148,17 +154,9 @@ def build_ir(
     return IR(UNITS[depth], channels, bottleneck, se, embedding_size, input_size, dropout)
 
 
-@attrs.define
-class IRConfig:
-    """Recipe options shared by the IR/IR-SE factories; field names equal the factories' keywords."""
-
-    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
-    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
-    dropout: float = attrs.field(default=0.4, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
-
-
-@uses(IRConfig)
-def ir_18(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
+@options
+def ir_18(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+          dropout: float = dropout_option(0.4)) -> nn.Module:
     """IR-18 (TFace ``IR_18``): 24.0 M parameters at 112/512, most of them in the output Linear."""
     return build_ir(18, embedding_size, input_size, dropout)
 
@@ -167,13 +165,13 @@ def _factory(depth: int, se: bool, params: str) -> object:
     name = f"ir_se_{depth}" if se else f"ir_{depth}"
     tface_name = name.upper()
 
-    @uses(IRConfig)
-    def factory(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> nn.Module:
+    def factory(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+                dropout: float = dropout_option(0.4)) -> nn.Module:
         return build_ir(depth, embedding_size, input_size, dropout, se=se)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f"{'IR-SE' if se else 'IR'}-{depth} (TFace ``{tface_name}``): {params} parameters at 112/512."
-    return factory
+    return options(factory)  # after naming it: the Config is named after it
 
 
 ir_34 = _factory(34, False, "34.1 M")
@@ -185,3 +183,8 @@ ir_se_50 = _factory(50, True, "43.8 M")
 ir_se_101 = _factory(101, True, "65.5 M")
 ir_se_152 = _factory(152, True, "116.2 M")
 ir_se_200 = _factory(200, True, "121.2 M")
+
+
+#: The options of :func:`ir_18` as a class (the name earlier releases exported; the family's other
+#: factories have equal ones).
+IRConfig = ir_18.Config

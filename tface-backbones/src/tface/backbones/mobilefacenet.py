@@ -7,12 +7,21 @@ the GDC Linear; neither changes the key set, so TFace checkpoints still load str
 
 from __future__ import annotations
 
-import attrs
 import torch
 from torch import nn
 
-from tface.backbones.common import GDC, ConvBlock, LinearBlock, check_choice, check_head_options, initialize_weights
-from tface.core.config import uses
+from tface.backbones.common import (
+    GDC,
+    ConvBlock,
+    LinearBlock,
+    check_choice,
+    check_head_options,
+    dropout_option,
+    embedding_option,
+    initialize_weights,
+    input_size_option,
+)
+from tface.core.config import options
 
 __all__ = ["MobileFaceNet", "MobileFaceNetConfig", "mobilefacenet"]
 
@@ -78,17 +87,9 @@ class MobileFaceNet(nn.Module):
         return self.output_layer(self.conv_6_sep(x))
 
 
-@attrs.define
-class MobileFaceNetConfig:
-    """Recipe options of :func:`mobilefacenet`; field names equal the factory's keywords."""
-
-    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
-    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
-    dropout: float = attrs.field(default=0.0, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
-
-
-@uses(MobileFaceNetConfig)
-def mobilefacenet(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> nn.Module:
+@options
+def mobilefacenet(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+                  dropout: float = dropout_option(0.0)) -> nn.Module:
     """Build TFace's MobileFaceNet with a configurable embedding size, input size and GDC dropout.
 
     At 224 the GDC depthwise kernel is 14×14 (TFace has 112 only, whose 7×7 kernel matches its final map),
@@ -97,3 +98,7 @@ def mobilefacenet(embedding_size: int = 512, input_size: int = 112, dropout: flo
     check_choice("input_size", input_size, INPUT_SIZES)
     check_head_options(embedding_size, dropout)
     return MobileFaceNet(embedding_size, input_size, dropout)
+
+
+#: The options of :func:`mobilefacenet` as a class (the name earlier releases exported).
+MobileFaceNetConfig = mobilefacenet.Config

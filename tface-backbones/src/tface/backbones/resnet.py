@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
 import torch
 from torch import nn
 
-from tface.backbones.common import check_choice, initialize_weights
-from tface.core.config import uses
+from tface.backbones.common import check_choice, dropout_option, embedding_option, initialize_weights, input_size_option
+from tface.core.config import options
 
 __all__ = ["LAYERS", "Bottleneck", "ResNet", "ResNetConfig", "build_resnet", "resnet_50", "resnet_101", "resnet_152"]
 
@@ -119,28 +118,27 @@ def build_resnet(depth: int, embedding_size: int = 512, input_size: int = 112, d
     return ResNet(LAYERS[depth], embedding_size, input_size, dropout)
 
 
-@attrs.define
-class ResNetConfig:
-    """Recipe options shared by the ResNet factories; field names equal the factories' keywords."""
-
-    embedding_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
-    input_size: int = attrs.field(default=112, validator=attrs.validators.in_(INPUT_SIZES))
-    dropout: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0.0), attrs.validators.lt(1.0)])
-
-
-@uses(ResNetConfig)
-def resnet_50(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.5) -> nn.Module:
+@options
+def resnet_50(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+              dropout: float = dropout_option(0.5)) -> nn.Module:
     """ResNet-50 (TFace ``ResNet_50``): 40.3 M parameters at 112/512, 16.8 M of them in ``fc``."""
     return build_resnet(50, embedding_size, input_size, dropout)
 
 
-@uses(ResNetConfig)
-def resnet_101(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.5) -> nn.Module:
+@options
+def resnet_101(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+               dropout: float = dropout_option(0.5)) -> nn.Module:
     """ResNet-101 (TFace ``ResNet_101``): 59.3 M parameters at 112/512."""
     return build_resnet(101, embedding_size, input_size, dropout)
 
 
-@uses(ResNetConfig)
-def resnet_152(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.5) -> nn.Module:
+@options
+def resnet_152(embedding_size: int = embedding_option(), input_size: int = input_size_option(INPUT_SIZES),
+               dropout: float = dropout_option(0.5)) -> nn.Module:
     """ResNet-152 (TFace ``ResNet_152``): 74.9 M parameters at 112/512."""
     return build_resnet(152, embedding_size, input_size, dropout)
+
+
+#: The options of :func:`resnet_50` as a class (the name earlier releases exported; the family's other
+#: factories have equal ones).
+ResNetConfig = resnet_50.Config

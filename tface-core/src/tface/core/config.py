@@ -1,13 +1,16 @@
 """Validate plain dicts (from TOML) into attrs config classes.
 
 Every recipe value passes through :func:`structure`, so a wrong key or type is reported with its full
-key path (``head.m: expected float, got "x"``) before anything expensive runs. Components declare their
-options as an attrs class; :func:`uses` attaches one to a factory function.
+key path (``head.m: expected float, got "x"``) before anything expensive runs. A component declares its
+options once, in its constructor's signature: :func:`options` builds the attrs ``Config`` from it
+(checks go beside the defaults with :func:`option`), so defaults cannot drift between the two;
+:func:`check_options` tells a plugin's test suite whether a component's ``Config`` and constructor agree.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 import pathlib
@@ -18,10 +21,12 @@ from typing import Any, TypeVar
 
 import attrs
 
+from tface.core import kinds
+
 T = TypeVar("T")
 
 __all__ = ["ConfigError", "field_problems", "structure", "unstructure", "uses", "closest", "validate_options",
-           "INT_MIN", "INT_MAX"]
+           "option", "options", "check_options", "INT_MIN", "INT_MAX"]
 
 #: The integer range of TOML (and of torch/numpy seeds and sizes): recipe integers outside it are refused.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
@@ -42,13 +47,198 @@ def closest(word: str, choices: Sequence[str]) -> str | None:
 
 
 def uses(config_cls: type) -> Callable[[T], T]:
-    """Attach ``config_cls`` as ``Config`` to a factory so the registry can validate its options."""
+    """Attach a hand-written ``config_cls`` as ``Config`` to a factory so the registry can validate its options.
+
+    Prefer :func:`options`, which derives the class from the signature; :func:`check_options` finds a
+    hand-written ``Config`` that disagrees with the constructor.
+    """
 
     def attach(obj: T) -> T:
         obj.Config = config_cls  # type: ignore[attr-defined]
         return obj
 
     return attach
+
+
+@attrs.frozen
+class _Option:
+    """What :func:`option` puts in a signature until :func:`options` replaces it by the plain default."""
+
+    default: Any
+    validators: tuple[Callable[[Any, Any, Any], Any], ...]
+
+
+def option(default: Any, *validators: Callable[[Any, Any, Any], Any]) -> Any:
+    """A default with the checks its recipe values must pass, written in the constructor's signature.
+
+    ``m: float = option(0.5, attrs.validators.ge(0))``; the validators are attrs validators (or any
+    ``(instance, attribute, value)`` callable raising ``ValueError``/``TypeError``). Only a function or
+    class decorated with :func:`options` may use it: the decorator puts the plain default back.
+    """
+    return _Option(default, validators)
+
+
+_CHECKS = "__tface_option_checks__"
+
+
+def _plain_defaults(function: Any) -> dict[str, tuple[Callable[[Any, Any, Any], Any], ...]]:
+    """Replace :func:`option` defaults of ``function`` by their values; its validators, by option name.
+
+    The validators are kept on the function, so a subclass that inherits a decorated ``__init__`` (and is
+    decorated itself) gets the same checks.
+    """
+    checks = dict(getattr(function, _CHECKS, {}))
+    for p in inspect.signature(function).parameters.values():
+        if isinstance(p.default, _Option):
+            checks[p.name] = p.default.validators
+    function.__defaults__ = tuple(d.default if isinstance(d, _Option) else d for d in function.__defaults__ or ())
+    if function.__kwdefaults__:
+        function.__kwdefaults__ = {k: d.default if isinstance(d, _Option) else d
+                                   for k, d in function.__kwdefaults__.items()}
+    setattr(function, _CHECKS, checks)
+    return checks
+
+
+def _is_tuple_type(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # not resolved yet (``from __future__ import annotations``)
+        return annotation.replace("typing.", "").startswith(("tuple", "Tuple"))
+    return annotation is tuple or typing.get_origin(annotation) is tuple
+
+
+def options(component: T) -> T:
+    """Derive the attrs ``Config`` of a component class or factory function from its signature.
+
+    Every keyword parameter (of ``__init__`` for a class) is an option: its annotation is the type recipe
+    values are checked against, its default is the default, and ``option(default, *validators)`` adds
+    checks. The result is what a hand-written ``Config`` would be, so :func:`validate_options` and every
+    error message work unchanged, and each default is written once. Defaults must be immutable (a tuple,
+    not a list): one default is shared by every call; the ``Config`` turns a tuple default into a fresh list
+    (unless the option is typed ``tuple``), as a TOML array is read as a list.
+    """
+    name = getattr(component, "__qualname__", repr(component))
+    params: list[inspect.Parameter] = []
+    checks: dict[str, tuple[Callable[[Any, Any, Any], Any], ...]] = {}
+    if not (isinstance(component, type) and _takes_no_options(component)):
+        function = component
+        if isinstance(component, type):  # the __init__ it runs, its own or inherited
+            function = next(vars(c)["__init__"] for c in component.__mro__ if "__init__" in vars(c))
+        if not inspect.isfunction(function):
+            raise TypeError(f"@options needs a class or a plain function, got {component!r}")
+        checks = _plain_defaults(function)
+        params = list(inspect.signature(function).parameters.values())
+        if isinstance(component, type):
+            params = params[1:]  # self
+    namespace: dict[str, Any] = {
+        "__module__": component.__module__, "__qualname__": f"{name}.Config",
+        "__doc__": f"Options of ``{name}``, derived from its signature by ``@options``."}
+    annotations: dict[str, Any] = {}
+    for p in params:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        annotations[p.name] = Any if p.annotation is p.empty else p.annotation
+        if p.default is p.empty:
+            namespace[p.name] = attrs.field(kw_only=True)
+            continue
+        if isinstance(p.default, (list, dict, set)):
+            raise TypeError(f"{name}: the default of option {p.name!r} is a mutable {type(p.default).__name__}; "
+                            "use a tuple (or None): one default is shared by every call")
+        validators = list(checks.get(p.name, ()))
+        default: Any = p.default
+        if isinstance(default, tuple) and not _is_tuple_type(annotations[p.name]):
+            default = attrs.Factory(functools.partial(list, default))  # an array option reads as a list
+        namespace[p.name] = attrs.field(default=default, kw_only=True, validator=validators or None)
+    namespace["__annotations__"] = annotations
+    component.Config = attrs.define(type("Config", (), namespace))  # type: ignore[attr-defined]
+    return component
+
+
+_REQUIRED = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two defaults are one option value (a list and a tuple of equal items are: TOML has arrays)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an object whose == raises is no match
+        return False
+
+
+def _agree(declared: Any, accepted: Any) -> bool:
+    if declared is _REQUIRED or accepted is _REQUIRED:
+        return declared is accepted
+    return _same(declared, accepted)
+
+
+def _show(value: Any) -> str:
+    return "no default (required)" if value is _REQUIRED else f"default {value!r}"
+
+
+def _disagreements(component: Any, name: str) -> list[str]:
+    """Where a component's ``Config`` and its constructor differ in option names or defaults."""
+    config = getattr(component, "Config", None)
+    if config is None or not attrs.has(config):
+        return []  # validated from the signature itself: nothing to disagree with
+    if isinstance(component, type) and _takes_no_options(component):
+        params: dict[str, inspect.Parameter] = {}
+    else:
+        try:
+            params = dict(inspect.signature(component).parameters)
+        except (TypeError, ValueError):
+            return []  # not inspectable (a builtin): only building it can tell
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = {n: (_REQUIRED if p.default is p.empty else p.default) for n, p in params.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    declared: dict[str, Any] = {}
+    for f in attrs.fields(config):
+        if f.init:
+            default = f.default
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory(None) if default.takes_self else default.factory()
+            declared[f.alias or f.name] = _REQUIRED if default is attrs.NOTHING else default
+    problems = []
+    for key, default in declared.items():
+        if key not in accepted:
+            if not takes_any:
+                problems.append(f"{name}: option {key!r} is in Config but the constructor does not take it")
+        elif not _agree(default, accepted[key]):
+            problems.append(f"{name}: option {key!r} has {_show(default)} in Config but "
+                            f"{_show(accepted[key])} in the constructor")
+    problems += [f"{name}: the constructor takes {key!r} but Config does not declare it (a recipe cannot set it)"
+                 for key in accepted if key not in declared]
+    return problems
+
+
+def check_options(component: Any, example: Mapping[str, Any] | None = None, *, kind: str | None = None) -> list[str]:
+    """What is wrong with how ``component`` declares its options; ``[]`` when nothing is.
+
+    For a plugin's own test suite (``assert check_options(MyHead, kind="heads") == []``); tface runs it
+    on every registered component. It checks that the ``Config`` (when there is one) and the constructor
+    take the same option names with the same defaults, that the defaults pass the validators, that the
+    component can be built from them and, given its ``kind``, that what it builds is that kind's base
+    (``tface.core.kinds``). ``example`` gives values for options without a default (a constructor must
+    not open the files its options name, so any path will do).
+    """
+    name = getattr(component, "__name__", repr(component))
+    problems = _disagreements(component, name)
+    if problems:
+        return problems
+    try:
+        kwargs = validate_options(component, dict(example or {}), name)
+    except ConfigError as exc:
+        return [p + (" (give it a value in example=)" if p.endswith("required key is missing") else "")
+                for p in exc.problems]
+    try:
+        built = component(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        return [f"{name}: building it from the validated defaults failed: {type(exc).__name__}: {exc}"]
+    if kind is not None and not isinstance(built, kinds.get(kind).base_type()):
+        problems.append(f"{name}: builds a {type(built).__qualname__}, which is not a "
+                        f"{kinds.get(kind).base.replace(':', '.')} (what {kind} must be)")
+    return problems
 
 
 def _describe(value: Any) -> str:

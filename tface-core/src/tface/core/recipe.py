@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from tface.core import registry
+from tface.core import kinds, registry
 from tface.core.config import INT_MAX, ConfigError, closest, structure, unstructure, validate_options
 
 if sys.version_info >= (3, 11):
@@ -53,7 +53,7 @@ class Component:
         try:
             return factory(**self.options, **extra)
         except (TypeError, ValueError) as exc:
-            raise ConfigError([f"{key or self.kind[:-1]}: {self.name!r} cannot be built from these options: "
+            raise ConfigError([f"{key or kinds.singular(self.kind)}: {self.name!r} cannot be built from these options: "
                                f"{type(exc).__name__}: {exc}"]) from exc
 
     def to_table(self) -> dict[str, Any]:
@@ -165,9 +165,12 @@ class Recipe:
 
 # --- loading --------------------------------------------------------------------------------------------
 
-_COMPONENTS = {"backbone": "backbones", "head": "heads"}
-_COMPONENT_LISTS = {"augment": "augmenters", "eval": "protocols"}
-_TOP_LEVEL = {"seed", "device", "output_dir", "train", "data", *_COMPONENTS, *_COMPONENT_LISTS}
+#: recipe key -> kind, from the kinds table: one table each (``[head]``) or an array of tables (``[[eval]]``);
+#: ``data`` has its own reader (branch keys, ``[data]`` or ``[[data]]``)
+_COMPONENTS = {k.slot: k.name for k in kinds.in_recipe() if not k.many}
+_COMPONENT_LISTS = {k.slot: k.name for k in kinds.in_recipe() if k.many and k.slot != "data"}
+_DATA_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "data")
+_TOP_LEVEL = {"seed", "device", "output_dir", "train", *(k.slot for k in kinds.in_recipe())}
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -188,7 +191,7 @@ def _component(kind: str, table: Any, path: str, base: Path, problems: list[str]
         return None
     name = table.get("name")
     if not isinstance(name, str):
-        problems.append(f"{path}.name: required string naming a registered {kind[:-1]} "
+        problems.append(f"{path}.name: required string naming a registered {kinds.singular(kind)} "
                         f"(one of: {', '.join(registry.names(kind)) or 'none installed'})")
         return None
     try:
@@ -224,7 +227,7 @@ def _branches(raw: Any, base: Path, problems: list[str]) -> list[DataBranch] | N
             continue
         source_table = {k: v for k, v in table.items() if k not in BRANCH_KEYS}
         branch_opts = {k: v for k, v in table.items() if k in BRANCH_KEYS}
-        component = _component("datasets", source_table, path, base, problems)
+        component = _component(_DATA_KIND, source_table, path, base, problems)
         default_name = table.get("name") if isinstance(table.get("name"), str) else f"data{i}"
         name = branch_opts.pop("branch", default_name)
         if not isinstance(name, str) or not name or any(c in name for c in "/\\\t\n"):

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import importlib_metadata
 
-from tface.core import catalog
+from tface.core import catalog, kinds
 from tface.core.config import closest, validate_options
 
 __all__ = [
@@ -43,7 +43,8 @@ __all__ = [
     "warn_once",
 ]
 
-KINDS: tuple[str, ...] = ("backbones", "heads", "losses", "augmenters", "datasets", "protocols", "plugins")
+#: The kind names (from :mod:`tface.core.kinds`, the one table of kinds).
+KINDS: tuple[str, ...] = kinds.NAMES
 CORE_DISTRIBUTION = "tface-core"
 LOAD_ENV = "TFACE_LOAD_PLUGINS"
 
@@ -152,7 +153,7 @@ def _scan(kind: str, allowed: frozenset[str] | None) -> tuple[Entry, ...]:
     groups: dict[tuple[str, str], list[Any]] = {}  # (distribution, target) -> entry points, in file order
     meta: dict[str, tuple[str, str]] = {}
     seen: set[tuple[str, str]] = set()
-    for ep in importlib_metadata.entry_points(group=f"tface.{kind}"):
+    for ep in importlib_metadata.entry_points(group=kinds.get(kind).group):
         dist = ep.dist
         dist_name = dist.metadata["Name"] if dist is not None else "unknown"
         version = dist.version if dist is not None else "unknown"
@@ -202,7 +203,7 @@ def resolve(kind: str, name: str) -> Entry:
         hint = closest(short, sorted({n for e in known for n in e.all_names}))
         where = f" from distribution {dist_part!r}" if ":" in name else ""
         raise UnknownComponentError(
-            f"unknown {_singular(kind)} {name!r}{where}"
+            f"unknown {kinds.singular(kind)} {name!r}{where}"
             + (f'; did you mean "{hint}"?' if hint else "")
             + f" (known {kind}: {', '.join(all_names) or 'none'})"
             + _install_hint(kind, short, known)
@@ -210,7 +211,7 @@ def resolve(kind: str, name: str) -> Entry:
     if len(matches) > 1:
         dists = " and ".join(repr(e.distribution) for e in matches)
         raise AmbiguousComponentError(
-            f"{kind[:-1]} {name!r} is registered by {dists}; "
+            f"{kinds.singular(kind)} {name!r} is registered by {dists}; "
             f"qualify it as one of: {', '.join(repr(e.qualified) for e in matches)}"
         )
     return matches[0]
@@ -242,7 +243,7 @@ def _load(entry: Entry) -> Any:
             raise
         except BaseException as exc:  # SystemExit, GeneratorExit, ... inside a plugin's import: its problem
             _loaded[key] = PluginLoadError(
-                f"{entry.kind[:-1]} {entry.name!r} from distribution {entry.distribution!r} "
+                f"{kinds.singular(entry.kind)} {entry.name!r} from distribution {entry.distribution!r} "
                 f"(entry point {entry.name} = {entry.target!r}) failed to load: "
                 f"{type(exc).__name__}: {exc}"
             )
@@ -261,13 +262,8 @@ def get(kind: str, name: str) -> Any:
 def create(kind: str, name: str, /, **options: Any) -> Any:
     """Validate ``options`` with the component's config, then build it."""
     obj = get(kind, name)
-    kwargs = validate_options(obj, options, path=_singular(kind))
+    kwargs = validate_options(obj, options, path=kinds.singular(kind))
     return obj(**kwargs)
-
-
-def _singular(kind: str) -> str:
-    return {"backbones": "backbone", "heads": "head", "losses": "loss", "augmenters": "augmenter",
-            "datasets": "dataset", "protocols": "protocol", "plugins": "plugin"}.get(kind, kind)
 
 
 def is_loaded(entry: Entry) -> bool:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tface.core.config import option, options
 from tface.core.data.image import normalize
 from tface.core.fsutil import atomic_write, atomic_write_bytes
 from tface.core.protocol import EvalContext, Result
@@ -342,49 +343,33 @@ def _check_fars(_inst: Any, _attr: Any, value: Sequence[float]) -> None:
             raise ValueError(f"every FAR must be in (0, 1], got {far}")
 
 
-@attrs.define
-class _IJBConfig:
-    """Options of the ``ijb`` protocol (recipe ``[[eval]]`` tables)."""
-
-    #: Folder holding ``meta/`` and ``loose_crop/`` (or the folder above ``IJBB/`` / ``IJBC/``).
-    root: pathlib.Path
-    #: ``"IJBB"`` or ``"IJBC"``: picks the ``ijbb_`` / ``ijbc_`` meta files.
-    target: str = attrs.field(default="IJBC", validator=attrs.validators.in_(tuple(TARGETS)))
-    #: N: L2-normalise every image feature before pooling (False keeps the norm as a quality weight).
-    norm: bool = False
-    #: D: multiply every image feature by its detector faceness score.
-    detector: bool = True
-    #: F: image feature = embedding(crop) + embedding(horizontal mirror).
-    flip: bool = True
-    #: Images per forward pass.
-    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
-    #: DataLoader worker processes for reading, decoding and aligning (0: in the main process).
-    workers: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    #: Where raw embeddings are cached in chunks (resumable, reused for all N/D modes); none when unset.
-    cache_dir: pathlib.Path | None = None
-    #: Target FARs of the TAR read-out.
-    fars: list[float] = attrs.field(factory=lambda: list(DEFAULT_FARS), validator=_check_fars)
-    #: Also run 1:N identification (mixed probes against both galleries; needs the 1:N CSVs in meta/).
-    identification: bool = False
-
-
+@options
 class IJB:
     """The ``ijb`` protocol: IJB-B / IJB-C 1:1 TAR@FAR (and 1:N when enabled) as insightface computes them."""
 
-    Config = _IJBConfig
     name = "ijb"
 
     def __init__(
         self,
-        root: str | os.PathLike,
-        target: str = "IJBC",
+        # Folder holding ``meta/`` and ``loose_crop/`` (or the folder above ``IJBB/`` / ``IJBC/``).
+        root: pathlib.Path,
+        # ``"IJBB"`` or ``"IJBC"``: picks the ``ijbb_`` / ``ijbc_`` meta files.
+        target: str = option("IJBC", attrs.validators.in_(tuple(TARGETS))),
+        # N: L2-normalise every image feature before pooling (False keeps the norm as a quality weight).
         norm: bool = False,
+        # D: multiply every image feature by its detector faceness score.
         detector: bool = True,
+        # F: image feature = embedding(crop) + embedding(horizontal mirror).
         flip: bool = True,
-        batch_size: int = 64,
-        workers: int = 0,
-        cache_dir: str | os.PathLike | None = None,
-        fars: Sequence[float] = DEFAULT_FARS,
+        # Images per forward pass.
+        batch_size: int = option(64, attrs.validators.gt(0)),
+        # DataLoader worker processes for reading, decoding and aligning (0: in the main process).
+        workers: int = option(0, attrs.validators.ge(0)),
+        # Where raw embeddings are cached in chunks (resumable, reused for all N/D modes); none when unset.
+        cache_dir: pathlib.Path | None = None,
+        # Target FARs of the TAR read-out.
+        fars: Sequence[float] = option(DEFAULT_FARS, _check_fars),
+        # Also run 1:N identification (mixed probes against both galleries; needs the 1:N CSVs in meta/).
         identification: bool = False,
     ):
         self.config = self.Config(

@@ -19,7 +19,6 @@ TFace's ``test/verification_rfw.py`` is *not* followed where it is wrong:
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import attrs
 from torch import nn
 
+from tface.core.config import option, options
 from tface.core.protocol import EvalContext, Result
 from tface.eval.verification import bin_set_metrics
 
@@ -68,36 +68,25 @@ def _groups_valid(_inst: Any, _attr: Any, value: list[str]) -> None:
             raise ValueError(f"a group is a file-name prefix without slashes, got {g!r}")
 
 
-@attrs.define
-class _RFWConfig:
-    """Options of the ``rfw`` protocol."""
-
-    #: Folder holding ``<Group>_test.bin`` (or the lower-case ``<group>_test.bin``) for every group.
-    root: pathlib.Path
-    #: Images per forward pass.
-    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
-    #: Flip test: embed each image and its mirror and add the two embeddings.
-    flip: bool = True
-    #: Groups to evaluate; the summary (mean, std, SER) needs at least two.
-    groups: list[str] = attrs.field(factory=lambda: list(GROUPS), validator=_groups_valid)
-    #: Side of the square model input; other crops are resized (short side) and centre-cropped.
-    image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
-
-
+@options
 class RFW:
     """The ``rfw`` protocol: one result per group (``accuracy``, ``accuracy_std``, ``xnorm``, ``pairs``)
     and, with two or more groups, a summary result (``dataset = "RFW"``: ``mean``, ``std``, ``ser``)."""
 
-    Config = _RFWConfig
     name = "rfw"
 
     def __init__(
         self,
-        root: str | os.PathLike,
-        batch_size: int = 64,
+        # Folder holding ``<Group>_test.bin`` (or the lower-case ``<group>_test.bin``) for every group.
+        root: pathlib.Path,
+        # Images per forward pass.
+        batch_size: int = option(64, attrs.validators.gt(0)),
+        # Flip test: embed each image and its mirror and add the two embeddings.
         flip: bool = True,
-        groups: Sequence[str] = GROUPS,
-        image_size: int = 112,
+        # Groups to evaluate; the summary (mean, std, SER) needs at least two.
+        groups: Sequence[str] = option(GROUPS, _groups_valid),
+        # Side of the square model input; other crops are resized (short side) and centre-cropped.
+        image_size: int = option(112, attrs.validators.gt(0)),
     ):
         self.config = self.Config(
             root=pathlib.Path(root),

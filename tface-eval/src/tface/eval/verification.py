@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tface.core.config import option, options
 from tface.core.data.binfile import BinFormatError, read_bin
 from tface.core.data.image import ImageDecodeError, decode_rgb, normalize
 from tface.core.protocol import EvalContext, Result
@@ -299,26 +300,7 @@ def pair_set_metrics(
     }
 
 
-@attrs.define
-class _VerificationConfig:
-    """Options of the ``verification`` protocol (recipe ``[[eval]]`` tables)."""
-
-    #: Explicit ``.bin`` files; each one's dataset name is its file stem (``lfw.bin`` → ``lfw``).
-    bins: list[pathlib.Path] = attrs.field(factory=list)
-    #: Also evaluate the ``.bin`` files the training data source offers (``ctx.provided["verification"]``).
-    use_provided: bool = True
-    #: Images per forward pass.
-    batch_size: int = attrs.field(default=64, validator=attrs.validators.gt(0))
-    #: Flip test: embed each image and its mirror and add the two embeddings.
-    flip: bool = True
-    #: Side of the square model input; other crops are resized (short side) and centre-cropped.
-    image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
-    #: Run the model in channels-last memory format (as ``train.channels_last``): a contiguous model is
-    #: converted for the evaluation and back. A model already in channels-last gets channels-last inputs
-    #: either way.
-    channels_last: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-
-
+@options
 class Verification:
     """The ``verification`` protocol: insightface 10-fold accuracy on ``.bin`` pair files.
 
@@ -327,17 +309,24 @@ class Verification:
     ``curves.roc`` (see :func:`pair_set_metrics`).
     """
 
-    Config = _VerificationConfig
     name = "verification"
 
     def __init__(
         self,
-        bins: Sequence[str | os.PathLike] = (),
+        # Explicit ``.bin`` files; each one's dataset name is its file stem (``lfw.bin`` → ``lfw``).
+        bins: Sequence[pathlib.Path] = (),
+        # Also evaluate the ``.bin`` files the training data source offers (``ctx.provided["verification"]``).
         use_provided: bool = True,
-        batch_size: int = 64,
+        # Images per forward pass.
+        batch_size: int = option(64, attrs.validators.gt(0)),
+        # Flip test: embed each image and its mirror and add the two embeddings.
         flip: bool = True,
-        image_size: int = 112,
-        channels_last: bool = False,
+        # Side of the square model input; other crops are resized (short side) and centre-cropped.
+        image_size: int = option(112, attrs.validators.gt(0)),
+        # Run the model in channels-last memory format (as ``train.channels_last``): a contiguous model is
+        # converted for the evaluation and back. A model already in channels-last gets channels-last inputs
+        # either way.
+        channels_last: bool = option(False, attrs.validators.instance_of(bool)),
     ):
         self.config = self.Config(
             bins=[pathlib.Path(b) for b in bins],

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tface.core.classifier import HeadInput, MarginHead
+from tface.core.config import option, options
 
 __all__ = ["ArcFace", "CosFace"]
 
@@ -39,6 +40,7 @@ class _TargetMargin(MarginHead):
         return f"s={self.s}, m={self.m}"
 
 
+@options
 class ArcFace(_TargetMargin):
     """ArcFace (Deng et al. 2019): target ``cos(θ + m)``.
 
@@ -46,13 +48,9 @@ class ArcFace(_TargetMargin):
     (TFace and insightface do the same). ``sin θ`` is clamped so the gradient stays finite at |cos| = 1.
     """
 
-    @attrs.define
-    class Config:
-        s: float = attrs.field(default=64.0, validator=_positive)
-        m: float = attrs.field(default=0.5, validator=[attrs.validators.ge(0), attrs.validators.lt(math.pi / 2)])
-        easy_margin: bool = False
-
-    def __init__(self, s: float = 64.0, m: float = 0.5, easy_margin: bool = False):
+    def __init__(self, s: float = option(64.0, _positive),
+                 m: float = option(0.5, attrs.validators.ge(0), attrs.validators.lt(math.pi / 2)),
+                 easy_margin: bool = False):
         super().__init__(s, m)
         self.easy_margin = bool(easy_margin)
         self.cos_m, self.sin_m = math.cos(m), math.sin(m)
@@ -70,15 +68,11 @@ class ArcFace(_TargetMargin):
         return super().extra_repr() + f", easy_margin={self.easy_margin}"
 
 
+@options
 class CosFace(_TargetMargin):
     """CosFace / AM-Softmax (Wang et al. 2018): target ``cos θ − m``."""
 
-    @attrs.define
-    class Config:
-        s: float = attrs.field(default=64.0, validator=_positive)
-        m: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
-
-    def __init__(self, s: float = 64.0, m: float = 0.4):
+    def __init__(self, s: float = option(64.0, _positive), m: float = option(0.4, attrs.validators.ge(0))):
         super().__init__(s, m)
 
     def target_logit(self, cos: Tensor) -> Tensor:

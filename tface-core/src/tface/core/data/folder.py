@@ -13,6 +13,7 @@ from pathlib import Path
 import attrs
 import torch
 
+from tface.core.config import option, options
 from tface.core.data.base import LABEL_GAPS, ON_ERROR, FaceDataset, Transform, log, resolve_labels
 from tface.core.data.errors import DataError
 from tface.core.data.image import ImageDecodeError, decode_rgb, max_image_pixels
@@ -58,17 +59,13 @@ def _choice(options: tuple[str, ...]):
     return attrs.validators.in_(options)
 
 
+@options
 class ImageFolderSource(DatasetSource):
     """``root/<identity>/<image>``: identities sorted by folder name are labels 0..C-1."""
 
-    @attrs.define
-    class Config:
-        root: Path
-        image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
-        on_error: str = attrs.field(default="error", validator=_choice(ON_ERROR))
-        label_gaps: str = attrs.field(default="warn", validator=_choice(LABEL_GAPS))
-
-    def __init__(self, root: Path, image_size: int = 112, on_error: str = "error", label_gaps: str = "warn"):
+    def __init__(self, root: Path, image_size: int = option(112, attrs.validators.gt(0)),
+                 on_error: str = option("error", _choice(ON_ERROR)),
+                 label_gaps: str = option("warn", _choice(LABEL_GAPS))):
         self.root = Path(root)
         self.image_size = image_size
         self.on_error = on_error
@@ -85,19 +82,13 @@ class ImageFolderSource(DatasetSource):
         return missing_path("root", self.root, "folder")
 
 
+@options
 class ImageListSource(DatasetSource):
     """An image list (``path``, ``path<TAB>label`` or ``path label`` lines); see :func:`read_image_list`."""
 
-    @attrs.define
-    class Config:
-        list: Path
-        root: Path | None = None
-        image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
-        on_error: str = attrs.field(default="error", validator=_choice(ON_ERROR))
-        label_gaps: str = attrs.field(default="warn", validator=_choice(LABEL_GAPS))
-
-    def __init__(self, list: Path, root: Path | None = None, image_size: int = 112,
-                 on_error: str = "error", label_gaps: str = "warn"):
+    def __init__(self, list: Path, root: Path | None = None, image_size: int = option(112, attrs.validators.gt(0)),
+                 on_error: str = option("error", _choice(ON_ERROR)),
+                 label_gaps: str = option("warn", _choice(LABEL_GAPS))):
         self.list = Path(list)
         self.root = Path(root) if root is not None else None
         self.image_size = image_size

@@ -8,13 +8,14 @@ on whatever held-out data this source ships" without knowing where it lives.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
 import torch
 from torch.utils.data import Dataset
 
+from tface.core.config import option, options
 from tface.core.data.base import LABEL_GAPS, ON_ERROR
 from tface.core.data.dataset import IndexedTFRecordDataset
 
@@ -57,6 +58,7 @@ def missing_path(option: str, path: Path | None, kind: str = "file") -> list[str
     return []
 
 
+@options
 class IndexedTFRecordSource(DatasetSource):
     """TFace-format shards + index (``name<TAB>shard<TAB>offset<TAB>label``).
 
@@ -65,17 +67,9 @@ class IndexedTFRecordSource(DatasetSource):
     says what to do when some labels in ``0..max`` have no sample (``warn``, ``error`` or ``compact``).
     """
 
-    @attrs.define
-    class Config:
-        index: Path
-        root: Path | None = None
-        verify_crc: bool = True
-        on_error: str = attrs.field(default="error", validator=attrs.validators.in_(ON_ERROR))
-        label_gaps: str = attrs.field(default="warn", validator=attrs.validators.in_(LABEL_GAPS))
-        bins: list[Path] = attrs.field(factory=list)
-
-    def __init__(self, index: Path, root: Path | None = None, verify_crc: bool = True, on_error: str = "error",
-                 label_gaps: str = "warn", bins: list[Path] | None = None):
+    def __init__(self, index: Path, root: Path | None = None, verify_crc: bool = True,
+                 on_error: str = option("error", attrs.validators.in_(ON_ERROR)),
+                 label_gaps: str = option("warn", attrs.validators.in_(LABEL_GAPS)), bins: Sequence[Path] = ()):
         self.index = Path(index)
         self.root = Path(root) if root is not None else None
         self.verify_crc = verify_crc

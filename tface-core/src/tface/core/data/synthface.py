@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 from PIL import Image
 
-from tface.core.config import ConfigError, field_problems
+from tface.core.config import ConfigError, field_problems, option, options
 from tface.core.data import synthrender
 from tface.core.data.binfile import write_bin
 from tface.core.data.dataset import IndexedTFRecordDataset
@@ -80,21 +80,9 @@ def _render_pairs(args: tuple[int, int, int, float, int, int, int]) -> list[tupl
                                                              start=start, stop=stop)]
 
 
+@options
 class SynthFaceSource(DatasetSource):
     """Procedural face identities; the default training data of the quickstart (no download)."""
-
-    @attrs.define
-    class Config:
-        seed: int = attrs.field(default=0, validator=_at_least(0, "it seeds numpy's SeedSequence"))
-        identities: int = attrs.field(default=400, validator=_at_least(2, "a classifier needs at least 2 classes"))
-        images_per_identity: int = attrs.field(default=30, validator=_at_least(1))
-        val_identities: int = attrs.field(
-            default=200, validator=_at_least(2, "impostor pairs need two held-out identities"))
-        val_pairs: int = attrs.field(default=2000, validator=_even_pairs)
-        hard_fraction: float = attrs.field(default=0.5, validator=_within(0, 1))
-        cache_dir: Path | None = None
-        workers: int = attrs.field(default=0, validator=_at_least(0, "0 = one per CPU core"))
-        jpeg_quality: int = attrs.field(default=95, validator=_within(1, 100))
 
     @classmethod
     def problems(cls, **options: object) -> list[tuple[str, str]]:
@@ -103,9 +91,13 @@ class SynthFaceSource(DatasetSource):
             config = cls.Config(**options)
         return field_problems(config)
 
-    def __init__(self, seed: int = 0, identities: int = 400, images_per_identity: int = 30,
-                 val_identities: int = 200, val_pairs: int = 2000, hard_fraction: float = 0.5,
-                 cache_dir: Path | None = None, workers: int = 0, jpeg_quality: int = 95):
+    def __init__(self, seed: int = option(0, _at_least(0, "it seeds numpy's SeedSequence")),
+                 identities: int = option(400, _at_least(2, "a classifier needs at least 2 classes")),
+                 images_per_identity: int = option(30, _at_least(1)),
+                 val_identities: int = option(200, _at_least(2, "impostor pairs need two held-out identities")),
+                 val_pairs: int = option(2000, _even_pairs), hard_fraction: float = option(0.5, _within(0, 1)),
+                 cache_dir: Path | None = None, workers: int = option(0, _at_least(0, "0 = one per CPU core")),
+                 jpeg_quality: int = option(95, _within(1, 100))):
         problems = self.problems(seed=seed, identities=identities, images_per_identity=images_per_identity,
                                  val_identities=val_identities, val_pairs=val_pairs, hard_fraction=hard_fraction,
                                  workers=workers, jpeg_quality=jpeg_quality)
