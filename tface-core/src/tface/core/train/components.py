@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from tface.core import kinds
 from tface.core import recipe as recipe_mod
 from tface.core.config import ConfigError
 from tface.core.protocol import check_inputs as protocol_inputs
@@ -32,11 +34,20 @@ class Components:
     def __init__(self, recipe: recipe_mod.Recipe):
         self.recipe = recipe
         self.data_keys = ["data" if len(recipe.data) == 1 else f"data[{i}]" for i in range(len(recipe.data))]
-        self.sources = [b.source.build(key) for b, key in zip(recipe.data, self.data_keys)]
-        self.backbone: nn.Module = recipe.backbone.build("backbone")
-        self.head: nn.Module = recipe.head.build("head")
-        self.augmenters = [c.build(f"augment[{i}]") for i, c in enumerate(recipe.augment)]
-        self.protocols = [c.build(f"eval[{i}]") for i, c in enumerate(recipe.eval)]
+        built: dict[str, Any] = {}
+        for kind in kinds.in_recipe():  # the recipe slots, from the one table of kinds
+            value = getattr(recipe, kind.slot)
+            if not kind.many:
+                built[kind.name] = value.build(kind.slot)
+                continue
+            keys = self.data_keys if kind.slot == "data" else [f"{kind.slot}[{i}]" for i in range(len(value))]
+            tables = [v.source if isinstance(v, recipe_mod.DataBranch) else v for v in value]
+            built[kind.name] = [c.build(key) for c, key in zip(tables, keys)]
+        self.sources: list[Any] = built["datasets"]
+        self.backbone: nn.Module = built["backbones"]
+        self.head: nn.Module = built["heads"]
+        self.augmenters: list[Any] = built["augmenters"]
+        self.protocols: list[Any] = built["protocols"]
 
     def check_inputs(self) -> None:
         """Raise :class:`ConfigError` naming the recipe key and path of every input file that is missing.
