@@ -129,7 +129,10 @@ def test_parity_failure_is_an_error(tmp_path, monkeypatch, ort):
 def test_export_command_with_a_checkpoint(tmp_path, ort):
     model = trained_like(mobilefacenet(embedding_size=64))
     ckpt = tmp_path / "backbone.pt"
-    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ckpt)  # DDP-style prefix
+    # DDP-style prefix, and a "model" entry that is not the backbone: tface eval always took "backbone" first,
+    # the export's former reader took "model" and refused the file (issue 10: one reader, tface.core.weights).
+    torch.save({"model": {"head.kernel": torch.zeros(2, 2)},
+                "backbone": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     out = tmp_path / "m.onnx"
     res = CliRunner().invoke(cli, ["export", "onnx", "-b", "MobileFaceNet", "-c", str(ckpt), "-o", str(out),
                                    "--option", "embedding_size=64"])

@@ -95,11 +95,11 @@ def onnx_cmd(backbone: str, checkpoint: Path | None, out: Path, options: tuple[s
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if checkpoint is not None:
-        from tface.backbones.checkpoint import load_backbone_state
+        from tface.core.weights import WeightsError, load_into
 
         try:
-            load_backbone_state(model, checkpoint)
-        except (ValueError, OSError) as exc:
+            load_into(model, checkpoint, what=f"backbone {backbone!r}")
+        except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
     else:
         click.echo("warning: no --checkpoint: exporting randomly initialised weights", err=True)
