@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tface.backbones.common import GDC, SEModule, check_choice, check_head_options
+from tface.core.backbone import Backbone
 from tface.core.config import uses
 
 __all__ = [
@@ -134,7 +135,7 @@ def _init_weights(modules: Iterable[nn.Module]) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
 
     def __init__(

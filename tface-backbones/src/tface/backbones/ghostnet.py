@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tface.backbones.common import GDC, check_choice, check_head_options, initialize_weights
+from tface.core.backbone import Backbone
 from tface.core.config import uses
 
 __all__ = ["STAGES", "GhostNet", "GhostNetConfig", "ghostnet", "make_divisible"]
@@ -153,7 +154,7 @@ class GhostBottleneck(nn.Module):
         return self.ghost2(out) + self.shortcut(x)
 
 
-class GhostNet(nn.Module):
+class GhostNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
 
     def __init__(self, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tface.backbones.common import check_choice
+from tface.core.backbone import Backbone
 from tface.core.config import uses
 
 __all__ = [
@@ -73,7 +74,7 @@ class IBasicBlock(nn.Module):
         return out + (x if self.downsample is None else self.downsample(x))
 
 
-class IResNet(nn.Module):
+class IResNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised).
 
     Every stage starts with a stride-2 unit, so the final map is S/16 (7×7 or 14×14; arcface_torch's

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tface.backbones.common import check_choice, initialize_weights
+from tface.core.backbone import Backbone
 from tface.core.config import uses
 
 __all__ = ["LAYERS", "Bottleneck", "ResNet", "ResNetConfig", "build_resnet", "resnet_50", "resnet_101", "resnet_152"]
@@ -60,7 +61,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone, nn.Module):
     """``[N,3,S,S]`` (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised).
 
     Head as TFace: ``bn_o1`` BN2d(2048) → Dropout → flatten → ``fc`` → ``bn_o2`` BN1d (affine, unlike IR).

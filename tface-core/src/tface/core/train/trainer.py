@@ -15,11 +15,11 @@ from torch import nn
 
 from tface.core import recipe as recipe_mod
 from tface.core import registry
+from tface.core.backbone import backbone_info
 from tface.core.classifier import Classifier
 from tface.core.config import ConfigError
 from tface.core.data.branches import BranchLoader, BranchSpec, MultiBatch
 from tface.core.data.errors import DataError
-from tface.core.data.image import normalize
 from tface.core.hooks import plugin_manager
 from tface.core.protocol import EvalContext
 from tface.core.protocol import check_inputs as protocol_inputs
@@ -43,16 +43,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def embedding_size_of(backbone: nn.Module, input_size: int = 112) -> int:
-    size = getattr(backbone, "embedding_size", None)
-    if isinstance(size, int):
-        return size
-    was = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        out = backbone(torch.zeros(2, 3, input_size, input_size))
-    backbone.train(was)
-    return int(out.shape[1])
+def embedding_size_of(backbone: nn.Module) -> int:
+    """The declared ``embedding_size`` (the backbone contract, :mod:`tface.core.backbone`; never probed)."""
+    return backbone_info(backbone).embedding_size
 
 
 class Compose:
@@ -286,7 +279,7 @@ class Trainer:
 
     def _forward(self, batch: MultiBatch) -> tuple[torch.Tensor, dict[str, tuple[float, int, int]]]:
         """Weighted sum of the branch losses; per branch (loss, correct, seen) for the logs."""
-        images = normalize(batch.images).contiguous(memory_format=self.memory_format)
+        images = backbone_info(self.backbone).normalize(batch.images).contiguous(memory_format=self.memory_format)
         embeddings = self.backbone(images).float()
         total: torch.Tensor | None = None
         stats: dict[str, tuple[float, int, int]] = {}
