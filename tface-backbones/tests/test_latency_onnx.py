@@ -103,6 +103,9 @@ def test_export_has_a_dynamic_batch_and_matches_torch(exported, ort):
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 3)
     assert 0.05 < report.max_abs_output <= 1.0 and report.relative_diff <= 1e-3  # entries of unit rows
     graph = onnx.load(str(report.path)).graph
+    props = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}  # the backbone contract
+    assert (props["tface.input_size"], props["tface.embedding_size"]) == ("112", "128")
+    assert props["tface.mean"] == props["tface.std"] == "[0.5, 0.5, 0.5]"
     dim0 = graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value  # symbolic batch axis
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])

@@ -140,7 +140,7 @@ def test_the_trainer_feeds_the_declared_normalisation(seeing, tmp_path: Path) ->
     cls = importlib.import_module(seeing).Seeing
     cls.ranges.clear()
     Trainer(recipe.load(toy_recipe(tmp_path, "seeing")), tmp_path / "run", echo=lambda m: None).run()
-    assert cls.ranges and all(0.0 <= lo and hi <= 1.0 for lo, hi in cls.ranges)  # (x/255 - 0)/1, not [-1, 1]
+    assert cls.ranges and all(lo >= 0.0 and hi <= 1.0 for lo, hi in cls.ranges)  # (x/255 - 0)/1, not [-1, 1]
     assert min(lo for lo, _ in cls.ranges) < 0.2 and max(hi for _, hi in cls.ranges) > 0.8
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from tface.core import recipe as recipe_mod
 from tface.core import registry
+from tface.core.backbone import backbone_info
 from tface.core.config import ConfigError, unstructure, validate_options
 from tface.core.fsutil import atomic_write_bytes
 from tface.core.protocol import EvalContext, check_inputs
@@ -279,6 +280,7 @@ def evaluate(plan: EvalPlan, device: str = "auto", echo: Callable[[str], None] |
         raise EvalError("; ".join(problems))
     torch.manual_seed(plan.seed)  # the random initialisation, when there is no checkpoint
     model: nn.Module = plan.backbone.build("backbone")
+    backbone_info(model, plan.backbone.name)  # the contract checked before any work (its input, its size)
     ckpt_step = None
     if plan.checkpoint is not None:
         try:

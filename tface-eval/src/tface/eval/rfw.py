@@ -28,7 +28,7 @@ import attrs
 from torch import nn
 
 from tface.core.protocol import EvalContext, Result
-from tface.eval.verification import bin_set_metrics
+from tface.eval.verification import bin_set_metrics, model_input
 
 __all__ = ["GROUPS", "RFW", "rfw_summary", "skewed_error_ratio"]
 
@@ -80,8 +80,9 @@ class _RFWConfig:
     flip: bool = True
     #: Groups to evaluate; the summary (mean, std, SER) needs at least two.
     groups: list[str] = attrs.field(factory=lambda: list(GROUPS), validator=_groups_valid)
-    #: Side of the square model input; other crops are resized (short side) and centre-cropped.
-    image_size: int = attrs.field(default=112, validator=attrs.validators.gt(0))
+    #: Side of the square model input; other crops are resized (short side) and centre-cropped. Unset: the
+    #: backbone's declared ``input_size`` (a set value must equal it).
+    image_size: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
 
 
 class RFW:
@@ -97,7 +98,7 @@ class RFW:
         batch_size: int = 64,
         flip: bool = True,
         groups: Sequence[str] = GROUPS,
-        image_size: int = 112,
+        image_size: int | None = None,
     ):
         self.config = self.Config(
             root=pathlib.Path(root),
@@ -138,10 +139,11 @@ class RFW:
 
     def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
         files = self.files()  # fail before spending time on the first group
+        info = model_input(model, self.config.image_size, self.name)
         results: list[Result] = []
         for group, path in files:
             numbers = bin_set_metrics(model, path, device=ctx.device, batch_size=self.config.batch_size,
-                                      flip=self.config.flip, image_size=self.config.image_size)
+                                      flip=self.config.flip, image_size=info.input_size, mean=info.mean, std=info.std)
             results.append(
                 {
                     "protocol": self.name,
