@@ -1,4 +1,4 @@
-"""``load_backbone_state`` / ``load_backbone``: TFace checkpoints, wrappers, nesting and the error messages.
+"""tface-core's weights loader on the zoo (``load_into``), ``load_backbone`` and the architecture-hint hook.
 
 TFace state_dicts are constructed here from the reference's key grammar (tface-v0.1.0.md §2.2 IR/IR-SE,
 §2.4 MobileFaceNet), not read from the models, and saved the way TFace's DDP training saves them.
@@ -13,16 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from tface.backbones.checkpoint import (
-    CheckpointError,
-    CheckpointMismatchError,
-    guess_architecture,
-    load_backbone,
-    load_backbone_state,
-)
+from tface.backbones.checkpoint import guess_architecture, load_backbone
 from tface.backbones.iresnet import iresnet_18
 from tface.backbones.irse import build_ir, ir_18
 from tface.backbones.mobilefacenet import mobilefacenet
+from tface.core.weights import WeightsError, WeightsMismatchError, load_into
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -142,7 +137,7 @@ def test_strict_load_of_tface_checkpoint(build, spec, keys: int, tmp_path: pathl
     path = save({f"module.{k}": v for k, v in state.items()}, tmp_path / "Backbone_Epoch_24_checkpoint.pth")
     torch.manual_seed(0)
     model = build()
-    report = load_backbone_state(model, path)
+    report = load_into(model, path)
     assert report.exact and report.loaded == keys
     assert report.stripped == ("module.",) and report.nested_key is None
     assert report.source == str(path)
@@ -169,23 +164,23 @@ def test_strict_load_of_tface_checkpoint(build, spec, keys: int, tmp_path: pathl
 )
 def test_nested_checkpoints(wrap, nested: str, mfn: nn.Module, mfn_state, tmp_path: pathlib.Path) -> None:
     path = save(wrap(mfn_state), tmp_path / "ckpt.pt")
-    report = load_backbone_state(mfn, path)
+    report = load_into(mfn, path)
     assert report.nested_key == nested and report.exact
     assert torch.equal(mfn.state_dict()["conv_6_sep.conv.weight"], mfn_state["conv_6_sep.conv.weight"])
 
 
 def test_explicit_key(mfn: nn.Module, mfn_state) -> None:
     source = {"ema": mfn_state, "model": {k: torch.zeros_like(v) for k, v in mfn_state.items()}}
-    report = load_backbone_state(mfn, source, key="ema")
+    report = load_into(mfn, source, key="ema")
     assert report.nested_key == "ema"
     assert torch.equal(mfn.state_dict()["conv1.conv.weight"], mfn_state["conv1.conv.weight"])
-    with pytest.raises(CheckpointError, match="no entry 'best'"):
-        load_backbone_state(mfn, source, key="best")
+    with pytest.raises(WeightsError, match="no entry 'best'"):
+        load_into(mfn, source, key="best")
 
 
 @pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "_orig_mod.module."])
 def test_compile_and_ddp_prefixes(prefix: str, mfn: nn.Module, mfn_state) -> None:
-    report = load_backbone_state(mfn, {prefix + k: v for k, v in mfn_state.items()})
+    report = load_into(mfn, {prefix + k: v for k, v in mfn_state.items()})
     assert report.exact
     assert set(report.stripped) == {p + "." for p in prefix.split(".") if p}
     assert torch.equal(mfn.state_dict()["conv_5.model.1.project.bn.bias"], mfn_state["conv_5.model.1.project.bn.bias"])
@@ -193,13 +188,13 @@ def test_compile_and_ddp_prefixes(prefix: str, mfn: nn.Module, mfn_state) -> Non
 
 def test_wrapped_model(mfn: nn.Module, mfn_state) -> None:
     wrapped = nn.DataParallel(mfn)  # its own keys start with module.; the checkpoint's do not
-    assert load_backbone_state(wrapped, mfn_state).exact
+    assert load_into(wrapped, mfn_state).exact
     assert torch.equal(mfn.state_dict()["conv1.prelu.weight"], mfn_state["conv1.prelu.weight"])
 
 
 def test_missing_num_batches_tracked_is_tolerated(mfn: nn.Module, mfn_state) -> None:
     legacy = {k: v for k, v in mfn_state.items() if not k.endswith("num_batches_tracked")}
-    assert load_backbone_state(mfn, legacy).exact
+    assert load_into(mfn, legacy).exact
 
 
 # --- mismatches ------------------------------------------------------------------------------------------------
@@ -212,14 +207,14 @@ def test_missing_and_unexpected_message(mfn: nn.Module, mfn_state, tmp_path: pat
     state["extra.weight"] = torch.zeros(3)
     path = save(state, tmp_path / "partial.pth")
     before = {k: v.clone() for k, v in mfn.state_dict().items()}
-    with pytest.raises(CheckpointMismatchError) as info:
-        load_backbone_state(mfn, path)
+    with pytest.raises(WeightsMismatchError) as info:
+        load_into(mfn, path)
     msg = str(info.value)
     assert str(path) in msg and "MobileFaceNet" in msg
-    assert f"missing from the checkpoint ({len(dropped)}): {dropped[0]}" in msg
+    assert f"{len(dropped)} missing: {dropped[0]}" in msg and len(msg.splitlines()) == 1
     assert f"… and {len(dropped) - 10} more" in msg
     assert dropped[10] not in msg
-    assert "unexpected in the checkpoint (1): extra.weight" in msg
+    assert "; 1 unexpected: extra.weight" in msg
     assert set(info.value.missing) == set(dropped) and info.value.unexpected == ("extra.weight",)
     assert isinstance(info.value, ValueError)
     for k, v in mfn.state_dict().items():  # a failed strict load leaves the model untouched
@@ -229,22 +224,21 @@ def test_missing_and_unexpected_message(mfn: nn.Module, mfn_state, tmp_path: pat
 def test_shape_mismatch_message(mfn_state, tmp_path: pathlib.Path) -> None:
     path = save(mfn_state, tmp_path / "mfn512.pth")
     model = mobilefacenet(embedding_size=128)
-    with pytest.raises(CheckpointMismatchError) as info:
-        load_backbone_state(model, path)
+    with pytest.raises(WeightsMismatchError) as info:
+        load_into(model, path)
     msg = str(info.value)
-    assert "0 missing, 0 unexpected, 3 shape-mismatched keys" in msg
-    assert "shape mismatch (3):" in msg
-    assert "output_layer.linear.weight checkpoint [512, 512] vs model [128, 512]" in msg
-    assert "output_layer.bn.running_mean checkpoint [512] vs model [128]" in msg
+    assert "does not fit MobileFaceNet: 3 of another shape:" in msg
+    assert "output_layer.linear.weight (checkpoint [512, 512], model [128, 512])" in msg
+    assert "output_layer.bn.running_mean (checkpoint [512], model [128])" in msg
     assert "pass embedding_size=512" in msg
-    assert "missing" not in msg.split("\n", 1)[1]
+    assert "missing" not in msg and "unexpected" not in msg
     assert ("output_layer.linear.weight", (512, 512), (128, 512)) in info.value.mismatched
 
 
 def test_input_size_hint(ir18_state) -> None:
-    with pytest.raises(CheckpointMismatchError, match="another input_size") as info:
-        load_backbone_state(ir_18(embedding_size=64, input_size=224), ir18_state)
-    assert "output_layer.3.weight checkpoint [512, 25088] vs model [64, 100352]" in str(info.value)
+    with pytest.raises(WeightsMismatchError, match="another input_size") as info:
+        load_into(ir_18(embedding_size=64, input_size=224), ir18_state)
+    assert "output_layer.3.weight (checkpoint [512, 25088], model [64, 100352])" in str(info.value)
 
 
 def test_non_strict_reports_and_loads_the_rest(mfn_state) -> None:
@@ -253,7 +247,7 @@ def test_non_strict_reports_and_loads_the_rest(mfn_state) -> None:
     state["head.kernel"] = torch.zeros(512, 10)
     model = mobilefacenet(embedding_size=128)
     before = model.state_dict()["conv1.conv.weight"].clone()
-    report = load_backbone_state(model, state, strict=False)
+    report = load_into(model, state, strict=False)
     assert not report.exact
     assert report.missing == ("conv1.conv.weight",)
     assert report.unexpected == ("head.kernel",)
@@ -272,19 +266,19 @@ def test_non_strict_reports_and_loads_the_rest(mfn_state) -> None:
 
 def test_hint_tface_ir_into_iresnet(ir18_state, tmp_path: pathlib.Path) -> None:
     path = save(ir18_state, tmp_path / "ir18.pth")
-    with pytest.raises(CheckpointMismatchError) as info:
-        load_backbone_state(iresnet_18(), path)
+    with pytest.raises(WeightsMismatchError) as info:
+        load_into(iresnet_18(), path)
     msg = str(info.value)
     assert "hint: the checkpoint looks like TFace IR_18 (input_layer.*, body.*" in msg
     assert "but the model is insightface arcface_torch iResNet r18" in msg
-    assert len(msg.splitlines()) < 10  # short lists, not 179 names
+    assert len(msg.splitlines()) == 1 and "… and 169 more" in msg  # short lists, not 179 names
 
 
 def test_hint_iresnet_into_tface_ir() -> None:
     with torch.device("meta"):
         arcface = iresnet_18().state_dict()
-    with pytest.raises(CheckpointMismatchError, match=r"looks like insightface arcface_torch iResNet r18 .*iresnet_18"):
-        load_backbone_state(ir_18(), arcface)
+    with pytest.raises(WeightsMismatchError, match=r"looks like insightface arcface_torch iResNet r18 .*iresnet_18"):
+        load_into(ir_18(), arcface)
 
 
 def test_hint_other_depth() -> None:
@@ -293,8 +287,8 @@ def test_hint_other_depth() -> None:
     assert guess_architecture(tface_ir_shapes((3, 4, 14, 3), se=True)).startswith("TFace IR_SE_50 ")
     assert guess_architecture(tface_mobilefacenet_shapes()).startswith("TFace MobileFaceNet")
     assert guess_architecture(["fc.weight"]) is None
-    with pytest.raises(CheckpointMismatchError, match="looks like TFace IR_50 .*but the model is TFace IR_18"):
-        load_backbone_state(ir_18(), random_state(ir50_keys))
+    with pytest.raises(WeightsMismatchError, match="looks like TFace IR_50 .*but the model is TFace IR_18"):
+        load_into(ir_18(), random_state(ir50_keys))
 
 
 # --- unreadable or unusable files ------------------------------------------------------------------------------
@@ -309,18 +303,18 @@ class Pickled:
 
 def test_weights_only_refusal(mfn: nn.Module, tmp_path: pathlib.Path) -> None:
     path = save({"conv1.conv.weight": Pickled()}, tmp_path / "custom.pth")
-    with pytest.raises(CheckpointError) as info:
-        load_backbone_state(mfn, path)
+    with pytest.raises(WeightsError) as info:
+        load_into(mfn, path)
     msg = str(info.value)
     assert msg.startswith(str(path))
     assert "weights_only=True" in msg and "Pickled" in msg
-    assert not isinstance(info.value, CheckpointMismatchError)
+    assert not isinstance(info.value, WeightsMismatchError)
 
 
 def test_non_tensor_values(mfn: nn.Module, mfn_state, tmp_path: pathlib.Path) -> None:
     path = save(dict(mfn_state, epoch=3, arch="mfn"), tmp_path / "mixed.pth")
-    with pytest.raises(CheckpointError, match=r"mixed\.pth: no state_dict found: non-tensor values: 'epoch' \(int\)"):
-        load_backbone_state(mfn, path)
+    with pytest.raises(WeightsError, match=r"mixed\.pth: no state_dict found: non-tensor values: 'epoch' \(int\)"):
+        load_into(mfn, path)
 
 
 @pytest.mark.parametrize(
@@ -330,18 +324,18 @@ def test_non_tensor_values(mfn: nn.Module, mfn_state, tmp_path: pathlib.Path) ->
 )
 def test_not_a_state_dict(content: object, needle: str, mfn: nn.Module, tmp_path: pathlib.Path) -> None:
     path = save(content, tmp_path / "odd.pth")
-    with pytest.raises(CheckpointError, match=needle) as info:
-        load_backbone_state(mfn, path)
+    with pytest.raises(WeightsError, match=needle) as info:
+        load_into(mfn, path)
     assert str(path) in str(info.value)
 
 
 def test_corrupt_and_missing_files(mfn: nn.Module, tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(CheckpointError, match="truncated.pth: not a readable PyTorch checkpoint"):
-        load_backbone_state(mfn, bad)
-    with pytest.raises(FileNotFoundError):
-        load_backbone_state(mfn, tmp_path / "absent.pth")
+    with pytest.raises(WeightsError, match="truncated.pth: not a readable PyTorch checkpoint"):
+        load_into(mfn, bad)
+    with pytest.raises(WeightsError, match=r"absent\.pth: no such file"):
+        load_into(mfn, tmp_path / "absent.pth")
 
 
 # --- load_backbone through the registry ------------------------------------------------------------------------
@@ -353,7 +347,7 @@ def test_load_backbone(tmp_path: pathlib.Path) -> None:
     model = load_backbone("mobilefacenet", path, embedding_size=128)
     assert model.embedding_size == 128
     assert torch.equal(model.state_dict()["output_layer.linear.weight"], state["output_layer.linear.weight"])
-    with pytest.raises(CheckpointMismatchError, match="embedding_size=128"):
+    with pytest.raises(WeightsMismatchError, match="embedding_size=128"):
         load_backbone("mobilefacenet", path)
 
 
@@ -363,4 +357,21 @@ def test_load_backbone_non_strict_warns(tmp_path: pathlib.Path, caplog: pytest.L
     with caplog.at_level(logging.WARNING, logger="tface.backbones.checkpoint"):
         model = load_backbone("mobilefacenet", path, strict=False, embedding_size=256)
     assert model.embedding_size == 256
-    assert "3 with another shape" in caplog.text
+    assert "3 of another shape: output_layer.linear.weight (checkpoint [512, 512], model [256, 512])" in caplog.text
+
+
+def test_hints_come_through_the_entry_point_hook(ir18_state, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The architecture hint reaches core's loader as a `tface.plugins` hook, not by core importing the zoo."""
+    from tface.core import registry
+    from tface.core.hooks import plugin_manager
+
+    impls = plugin_manager().hook.tface_weights_hint.get_hookimpls()
+    assert [i.plugin_name for i in impls] == ["tface-backbones:backbone-weights"]
+    monkeypatch.setenv("TFACE_LOAD_PLUGINS", "")  # tface-core alone: the same error, without the hint
+    registry.clear_cache()
+    try:
+        with pytest.raises(WeightsMismatchError) as info:
+            load_into(iresnet_18(), ir18_state)
+    finally:
+        registry.clear_cache()
+    assert "looks like" not in str(info.value) and "179 unexpected" in str(info.value)

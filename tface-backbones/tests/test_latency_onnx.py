@@ -103,6 +103,9 @@ def test_export_has_a_dynamic_batch_and_matches_torch(exported, ort):
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4 and report.batch_sizes == (1, 3)
     assert 0.05 < report.max_abs_output <= 1.0 and report.relative_diff <= 1e-3  # entries of unit rows
     graph = onnx.load(str(report.path)).graph
+    props = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}  # the backbone contract
+    assert (props["tface.input_size"], props["tface.embedding_size"]) == ("112", "128")
+    assert props["tface.mean"] == props["tface.std"] == "[0.5, 0.5, 0.5]"
     dim0 = graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param and not dim0.dim_value  # symbolic batch axis
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
@@ -129,7 +132,10 @@ def test_parity_failure_is_an_error(tmp_path, monkeypatch, ort):
 def test_export_command_with_a_checkpoint(tmp_path, ort):
     model = trained_like(mobilefacenet(embedding_size=64))
     ckpt = tmp_path / "backbone.pt"
-    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ckpt)  # DDP-style prefix
+    # DDP-style prefix, and a "model" entry that is not the backbone: tface eval always took "backbone" first,
+    # the export's former reader took "model" and refused the file (issue 10: one reader, tface.core.weights).
+    torch.save({"model": {"head.kernel": torch.zeros(2, 2)},
+                "backbone": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     out = tmp_path / "m.onnx"
     res = CliRunner().invoke(cli, ["export", "onnx", "-b", "MobileFaceNet", "-c", str(ckpt), "-o", str(out),
                                    "--option", "embedding_size=64"])

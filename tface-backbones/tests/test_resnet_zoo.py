@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from tface.backbones import iresnet, resnet
-from tface.backbones.checkpoint import load_backbone_state
 from tface.backbones.iresnet import iresnet_18, iresnet_50, iresnet_100, iresnet_200
 from tface.backbones.resnet import resnet_50, resnet_101, resnet_152
 from tface.core.config import ConfigError, structure
+from tface.core.weights import load_into
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -244,7 +244,7 @@ def test_iresnet_strict_load_of_arcface_layout(depth: int) -> None:
     state = random_state(spec, seed=depth)
     state["features.weight"] = torch.ones(512)  # arcface_torch keeps it at 1
     model.load_state_dict(state, strict=True)
-    report = load_backbone_state(model, state)
+    report = load_into(model, state)
     assert report.exact and report.loaded == len(spec)
     loaded = model.state_dict()
     for key in ("conv1.weight", "layer3.1.prelu.weight", "layer4.0.downsample.1.running_var", "fc.bias"):

@@ -54,6 +54,7 @@ TOY_MODULE = '''
     from torch import nn
     from torch.utils.data import Dataset
 
+    from tface.core.backbone import Backbone
     from tface.core.classifier import MarginHead
     from tface.core.data.source import DatasetSource
 
@@ -73,7 +74,9 @@ TOY_MODULE = '''
             return batch.with_targets(rows, cols, t - self.m) * self.s
 
 
-    class ToyBackbone(nn.Module):
+    class ToyBackbone(Backbone, nn.Module):
+        """Declares the backbone contract: 16×16 inputs (the toy data), the default mean/std."""
+
         @attrs.define
         class Config:
             embedding_size: int = 8
@@ -81,6 +84,7 @@ TOY_MODULE = '''
         def __init__(self, embedding_size=8):
             super().__init__()
             self.embedding_size = embedding_size
+            self.input_size = 16
             self.net = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 32),
                                      nn.BatchNorm1d(32), nn.PReLU(32), nn.Linear(32, embedding_size))
 

@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from conftest import TOY_RECIPE
-from tface.core import evaluate as ev
 from tface.core import recipe
 from tface.core.cli import cli
 from tface.core.train.trainer import Trainer
+from tface.core.weights import WeightsError, WeightsMismatchError, load_into, read_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -120,11 +120,30 @@ def test_checkpoint_unwrapping(tmp_path):
     }
     for name, (obj, step) in cases.items():
         torch.save(obj, tmp_path / f"{name}.pt")
-        sd, found = ev.read_state_dict(tmp_path / f"{name}.pt")
+        got = read_weights(tmp_path / f"{name}.pt")
+        sd, found = got.state_dict, got.step
         assert list(sd) == ["net.weight"] and torch.equal(sd["net.weight"], w) and found == step, name
     # A key that merely contains "module." somewhere keeps it; a prefix not shared by every key stays too.
     torch.save({"module.a": w, "b.module.c": w}, tmp_path / "mixed.pt")
-    assert list(ev.read_state_dict(tmp_path / "mixed.pt")[0]) == ["module.a", "b.module.c"]
+    assert list(read_weights(tmp_path / "mixed.pt").state_dict) == ["module.a", "b.module.c"]
+
+
+def test_eval_accepts_every_layout_the_weights_reader_does(plugins, tmp_path):
+    """The regression of issue 10: ``tface eval`` refused ``_orig_mod.`` inside keys and ``model_state_dict``/``net``
+    nesting, which ``tface export onnx`` (tface-backbones' reader) accepted. Both now use tface.core.weights."""
+    from test_weights import LAYOUTS
+
+    model = toy_backbone(plugins, seed=4)
+    want = checksum(model)
+    for name, wrap, _, step in LAYOUTS:
+        ckpt = tmp_path / f"{name}.pt"
+        torch.save(wrap(model.state_dict()), ckpt)
+        out = tmp_path / f"out-{name}"
+        res = invoke("eval", "probe", "--backbone", "toynet", "--checkpoint", ckpt, "--output-dir", out)
+        assert res.exit_code == 0, (name, res.output)
+        (r,) = json.loads((out / "eval-report.json").read_text())["results"]
+        assert r["checksum"] == pytest.approx(want, rel=1e-12), name
+        assert r["step"] == (step or 0), name
 
 
 def test_checkpoint_errors_name_the_file_and_keys(plugins, tmp_path):
@@ -142,20 +161,20 @@ def test_checkpoint_errors_name_the_file_and_keys(plugins, tmp_path):
     del broken["net.2.weight"]
     broken["extra.weight"] = torch.zeros(1)
     torch.save(broken, tmp_path / "broken.pt")
-    with pytest.raises(ev.EvalError, match=r"1 missing: net\.2\.weight; 1 unexpected: extra\.weight"):
-        ev.load_weights(toy_backbone(plugins), tmp_path / "broken.pt", "toynet")
+    with pytest.raises(WeightsMismatchError, match=r"1 missing: net\.2\.weight; 1 unexpected: extra\.weight"):
+        load_into(toy_backbone(plugins), tmp_path / "broken.pt", what="backbone 'toynet'")
     no_counter = {k: v for k, v in good.items() if not k.endswith("num_batches_tracked")}  # old checkpoints
     torch.save(no_counter, tmp_path / "old.pt")
-    ev.load_weights(toy_backbone(plugins, seed=9), tmp_path / "old.pt")
+    assert load_into(toy_backbone(plugins, seed=9), tmp_path / "old.pt").exact
 
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(ev.EvalError, match="holds no state_dict"):
-        ev.read_state_dict(tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match=r"list\.pt: expected a state_dict .*found list"):
+        read_weights(tmp_path / "list.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ev.EvalError, match=r"junk\.pt cannot be loaded \(weights only\)"):
-        ev.read_state_dict(tmp_path / "junk.pt")
+    with pytest.raises(WeightsError, match=r"junk\.pt: not a readable PyTorch checkpoint"):
+        read_weights(tmp_path / "junk.pt")
     res = invoke("eval", "probe", "--backbone", "toynet", "--checkpoint", tmp_path / "absent.pt")
-    assert res.exit_code == 1 and "absent.pt does not exist" in res.output
+    assert res.exit_code == 1 and "absent.pt: no such file" in res.output
 
 
 def test_unknown_names_and_bad_options(plugins, tmp_path):

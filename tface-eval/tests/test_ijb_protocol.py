@@ -21,6 +21,7 @@ from PIL import Image
 from sklearn.metrics import roc_curve as sk_roc_curve
 from torch import nn
 
+from tface.core.backbone import BackboneContractError
 from tface.core.config import ConfigError, structure, validate_options
 from tface.core.data.align import ARCFACE_TEMPLATE
 from tface.core.protocol import EvalContext, EvalProtocol
@@ -132,7 +133,11 @@ class PatchModel(nn.Module):
     """Embedding = mean R, G, B of the crop and mean(left half red) − mean(right half red), times ``scale``.
 
     Counts the images it sees; raises once ``fail_after`` forward calls have been made (an interruption).
+    Declares the backbone contract: 4-d embeddings of 112×112 crops, the default [-1, 1] normalisation.
     """
+
+    embedding_size = 4
+    input_size = 112
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
@@ -571,3 +576,41 @@ def test_check_inputs_names_missing_meta_files(tmp_path):
     (meta / "ijbb_name_5pts_score.txt").write_text("")
     (meta / "ijbb_template_pair_label.txt").write_text("")
     assert IJB(tmp_path, target="IJBB").check_inputs() == []
+
+
+class Declaring(nn.Module):
+    """Declares 64×64 inputs normalised to [0, 1] (mean 0, std 1); records what it is fed."""
+
+    embedding_size = 3
+    input_size = 64
+    mean = (0.0, 0.0, 0.0)
+    std = (1.0, 1.0, 1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[tuple[int, ...], float, float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((tuple(x.shape[1:]), float(x.min()), float(x.max())))
+        return x.mean((2, 3)) + 0.1
+
+
+def test_crops_follow_the_backbone_contract(ijbc: Path, tmp_path: Path) -> None:
+    """Crops are aligned at the backbone's input_size and normalised with its mean/std (issue 10: no fixed 112)."""
+    model = Declaring()
+    run(ijbc, model, cache_dir=tmp_path / "cache")
+    assert model.seen and {s for s, _, _ in model.seen} == {(3, 64, 64)}
+    assert min(lo for _, lo, _ in model.seen) >= 0.0 and max(hi for _, _, hi in model.seen) <= 1.0
+    assert max(hi for _, _, hi in model.seen) > 0.5  # [0, 1], not [-1, 1] and not x/255 of nothing
+    default = PatchModel()
+    run(ijbc, default, cache_dir=tmp_path / "cache")  # another input: another cache entry, never mixed
+    assert default.images > 0 and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_model_without_the_contract_is_refused_by_name(ijbc: Path) -> None:
+    class Bare(nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    with pytest.raises(BackboneContractError, match=r"Bare does not declare embedding_size"):
+        run(ijbc, Bare())

@@ -25,6 +25,9 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 class ColourMean(nn.Module):
     """Embedding = mean colour in [0, 2]: red → (2, 0, 0), green → (0, 2, 0). Uniform images are flip-invariant."""
 
+    embedding_size = 3
+    input_size = SIZE
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3)) + 1.0
 

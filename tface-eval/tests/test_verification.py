@@ -375,6 +375,7 @@ class Projection(nn.Module):
 
     def __init__(self, dim=8, size=112):
         super().__init__()
+        self.embedding_size, self.input_size = dim, size  # the backbone contract
         g = torch.Generator().manual_seed(0)
         self.register_buffer("w", torch.randn(3 * size * size, dim, generator=g) / size)
         self.bn = nn.BatchNorm1d(dim)
@@ -387,6 +388,12 @@ class Projection(nn.Module):
 
 class Pooled(nn.Module):
     """Identity-preserving "model": 4×4 average-pooled pixels."""
+
+    embedding_size = 48  # the backbone contract
+
+    def __init__(self, input_size=112):
+        super().__init__()
+        self.input_size = input_size
 
     def forward(self, x):
         return nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
@@ -610,7 +617,7 @@ def test_protocol_accuracy_equals_an_independent_reference(tmp_path):
         return np.sum((emb[0::2] - emb[1::2]) ** 2, axis=1)
 
     (r,) = Verification(bins=[tmp_path / "pairs.bin"], image_size=size, batch_size=50).evaluate(
-        Pooled(), EvalContext()
+        Pooled(input_size=size), EvalContext()
     )
     for key, flip in (("accuracy", True), ("accuracy_noflip", False)):
         dist = reference_distances(flip)
@@ -624,9 +631,8 @@ def test_protocol_accuracy_equals_an_independent_reference(tmp_path):
             assert r["best_threshold"] == np.mean(best)
     assert r["accuracy"] != r["accuracy_noflip"]  # the flip test does change the embeddings here
 
-    (r0,) = Verification(bins=[tmp_path / "pairs.bin"], image_size=size, flip=False).evaluate(
-        Pooled(), EvalContext()
-    )
+    # image_size unset: the backbone's declared input_size (8 here), not a fixed 112
+    (r0,) = Verification(bins=[tmp_path / "pairs.bin"], flip=False).evaluate(Pooled(input_size=size), EvalContext())
     assert r0["accuracy"] == r0["accuracy_noflip"] == r["accuracy_noflip"]
 
 
@@ -639,3 +645,33 @@ def test_check_inputs_names_missing_bins(tmp_path):
                                     f"bins[2]: {tmp_path / 'folder.bin'} is not a file"]
     assert Verification(bins=[present]).check_inputs() == []
     assert Verification().check_inputs() == []  # provided sets may be written during a run: not checked here
+
+
+class ZeroToOne(Pooled):
+    """Declares (x/255 - 0)/1 inputs and records the range it is fed."""
+
+    mean = (0.0, 0.0, 0.0)
+    std = (1.0, 1.0, 1.0)
+
+    def __init__(self, input_size=112):
+        super().__init__(input_size)
+        self.ranges: list[tuple[float, float]] = []
+
+    def forward(self, x):
+        self.ranges.append((float(x.min()), float(x.max())))
+        return super().forward(x)
+
+
+def test_the_protocol_follows_the_backbone_contract(tmp_path):
+    """Issue 10: the model's declared mean/std and input_size decide its input; a contradicting image_size is an
+    error that names both sizes."""
+    rng = np.random.default_rng(9)
+    write_bin(tmp_path / "r.bin", [encode(a, "PNG") for a in random_images(20, rng, size=16)], [True, False] * 5)
+    model = ZeroToOne(input_size=16)
+    (r,) = Verification(bins=[tmp_path / "r.bin"]).evaluate(model, EvalContext())
+    assert min(lo for lo, _ in model.ranges) >= 0.0 and max(hi for _, hi in model.ranges) <= 1.0
+    assert max(hi for _, hi in model.ranges) > 0.9
+    want = Verification(bins=[tmp_path / "r.bin"]).evaluate(Pooled(input_size=16), EvalContext())[0]["xnorm"]
+    assert r["xnorm"] != want  # other inputs, other embeddings
+    with pytest.raises(ValueError, match=r"verification: image_size = 112, but the backbone takes 16x16 inputs"):
+        Verification(bins=[tmp_path / "r.bin"], image_size=112).evaluate(model, EvalContext())

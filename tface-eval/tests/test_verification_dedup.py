@@ -32,8 +32,9 @@ def jpeg(arr: np.ndarray) -> bytes:
 class ConvNet(nn.Module):
     """A small conv net with batch norm (eval mode: per-sample, independent of the batch)."""
 
-    def __init__(self, dim: int = 16):
+    def __init__(self, dim: int = 16, input_size: int = 24):
         super().__init__()
+        self.embedding_size, self.input_size = dim, input_size  # the backbone contract
         torch.manual_seed(0)
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.PReLU(8),
                                   nn.Conv2d(8, 16, 3, stride=2), nn.BatchNorm2d(16), nn.AdaptiveAvgPool2d(2),
@@ -53,6 +54,7 @@ class Counting(nn.Module):
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
+        self.embedding_size, self.input_size = inner.embedding_size, inner.input_size
         self.seen = 0
         self.channels_last: list[bool] = []
 

@@ -87,6 +87,7 @@ def onnx_cmd(backbone: str, checkpoint: Path | None, out: Path, options: tuple[s
     """Export a backbone to ONNX (dynamic batch) and verify it against PyTorch with ONNX Runtime."""
     from tface.backbones.onnx_export import ExportError, export_onnx
     from tface.core import registry
+    from tface.core.backbone import backbone_info
     from tface.core.config import ConfigError
 
     opts = _options(options)
@@ -95,15 +96,15 @@ def onnx_cmd(backbone: str, checkpoint: Path | None, out: Path, options: tuple[s
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if checkpoint is not None:
-        from tface.backbones.checkpoint import load_backbone_state
+        from tface.core.weights import WeightsError, load_into
 
         try:
-            load_backbone_state(model, checkpoint)
-        except (ValueError, OSError) as exc:
+            load_into(model, checkpoint, what=f"backbone {backbone!r}")
+        except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
     else:
         click.echo("warning: no --checkpoint: exporting randomly initialised weights", err=True)
-    input_size = int(getattr(model, "input_size", opts.get("input_size", 112)))
+    input_size = backbone_info(model, backbone).input_size
     try:
         report = export_onnx(model, out, input_size=input_size, opset=opset, normalize=normalize, tolerance=tolerance)
     except ExportError as exc:

@@ -25,6 +25,7 @@ from tface.backbones.common import (
     embedding_option,
     input_size_option,
 )
+from tface.core.backbone import Backbone
 from tface.core.config import options
 
 __all__ = [
@@ -141,7 +142,7 @@ def _init_weights(modules: Iterable[nn.Module]) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
 
     def __init__(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tface.backbones.common import check_choice, dropout_option, embedding_option, initialize_weights, input_size_option
+from tface.core.backbone import Backbone
 from tface.core.config import options
 
 __all__ = ["ARCHS", "FBNet", "FBNetConfig", "IRFBlock", "build_fbnet", "fbnet_a", "fbnet_b", "fbnet_c"]
@@ -136,7 +137,7 @@ def make_block(op: str, in_c: int, out_c: int, stride: int) -> nn.Module:
     return IRFBlock(in_c, out_c, int(match["expansion"]), stride, kernel)
 
 
-class FBNet(nn.Module):
+class FBNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised).
 
     The stem has stride 1 at 112 and 2 at 224, so both sizes reach the 7×7 map the head's Linear expects.

@@ -25,6 +25,7 @@ from tface.backbones.common import (
     initialize_weights,
     input_size_option,
 )
+from tface.core.backbone import Backbone
 from tface.core.config import options
 
 __all__ = ["STAGES", "GhostNet", "GhostNetConfig", "ghostnet", "make_divisible"]
@@ -160,7 +161,7 @@ class GhostBottleneck(nn.Module):
         return self.ghost2(out) + self.shortcut(x)
 
 
-class GhostNet(nn.Module):
+class GhostNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
 
     def __init__(self, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> None:

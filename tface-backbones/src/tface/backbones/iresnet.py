@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tface.backbones.common import check_choice, dropout_option, embedding_option, input_size_option
+from tface.core.backbone import Backbone
 from tface.core.config import options
 
 __all__ = [
@@ -72,7 +73,7 @@ class IBasicBlock(nn.Module):
         return out + (x if self.downsample is None else self.downsample(x))
 
 
-class IResNet(nn.Module):
+class IResNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised).
 
     Every stage starts with a stride-2 unit, so the final map is S/16 (7×7 or 14×14; arcface_torch's

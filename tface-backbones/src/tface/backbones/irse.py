@@ -20,6 +20,7 @@ from tface.backbones.common import (
     initialize_weights,
     input_size_option,
 )
+from tface.core.backbone import Backbone
 from tface.core.config import options
 
 __all__ = ["IR", "UNITS", "IRConfig", "build_ir", "ir_18", "ir_34", "ir_50", "ir_101", "ir_152", "ir_200",
@@ -92,7 +93,7 @@ def _shortcut(in_c: int, depth: int, stride: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(in_c, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
 
 
-class IR(nn.Module):
+class IR(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
 
     def __init__(

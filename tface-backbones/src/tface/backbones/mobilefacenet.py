@@ -21,6 +21,7 @@ from tface.backbones.common import (
     initialize_weights,
     input_size_option,
 )
+from tface.core.backbone import Backbone
 from tface.core.config import options
 
 __all__ = ["MobileFaceNet", "MobileFaceNetConfig", "mobilefacenet"]
@@ -59,7 +60,7 @@ class Residual(nn.Module):
         return self.model(x)
 
 
-class MobileFaceNet(nn.Module):
+class MobileFaceNet(Backbone, nn.Module):
     """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
 
     def __init__(self, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> None:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tface.core.backbone import BackboneInfo, backbone_info
+
 __all__ = ["ExportError", "ExportReport", "Normalized", "export_onnx", "check_parity", "DEFAULT_OPSET",
            "DEFAULT_TOLERANCE", "DEFAULT_RELATIVE_TOLERANCE"]
 
@@ -67,7 +69,7 @@ def _require(module: str) -> None:
         raise ExportError(f"{module} is not installed; install the extra: pip install \"tface-backbones[onnx]\"")
 
 
-def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 112, opset: int = DEFAULT_OPSET,
+def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int | None = None, opset: int = DEFAULT_OPSET,
                 normalize: bool = False, verify: bool = True, tolerance: float = DEFAULT_TOLERANCE,
                 relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE) -> ExportReport:
     """Export ``model`` (eval mode) to ``out`` with input ``input`` [batch, 3, S, S] and output ``embedding``.
@@ -75,8 +77,14 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 1
     With ``verify`` the file is run in ONNX Runtime on random batches of two different sizes and compared
     with PyTorch; a max abs difference above ``tolerance``, or above ``relative_tolerance`` times the
     largest output, raises :class:`ExportError`.
+
+    ``input_size`` defaults to the backbone's declared one (:mod:`tface.core.backbone`). The file's metadata
+    (``metadata_props``) records the preprocessing the graph expects: ``tface.input_size``, ``tface.mean``,
+    ``tface.std`` (RGB, the input is ``(x/255 - mean)/std``) and ``tface.embedding_size``.
     """
     _require("onnx")
+    info = backbone_info(model)
+    input_size = info.input_size if input_size is None else input_size
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     net = (Normalized(model) if normalize else model).eval()
@@ -99,6 +107,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 1
         except Exception as second:
             raise ExportError(f"ONNX export failed: {type(first).__name__}: {first}; "
                               f"TorchScript exporter: {type(second).__name__}: {second}") from second
+    _annotate(out, info, input_size)
     diff = scale = None
     sizes: tuple[int, ...] = ()
     if verify:
@@ -108,6 +117,22 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, input_size: int = 1
             raise ExportError(f"{out}: ONNX Runtime output differs from PyTorch by {diff:.3g} (tolerance "
                               f"{tolerance:g}; outputs up to {scale:.3g}, relative tolerance {relative_tolerance:g})")
     return ExportReport(out, opset, input_size, normalize, exporter, diff, sizes, scale)
+
+
+def _annotate(path: Path, info: BackboneInfo, input_size: int) -> None:
+    """Write the input contract into the ONNX file's metadata, so a deployment knows how to feed it."""
+    import json
+
+    import onnx
+
+    graph = onnx.load(str(path))
+    props = {"tface.input_size": str(input_size), "tface.mean": json.dumps(list(info.mean)),
+             "tface.std": json.dumps(list(info.std)), "tface.embedding_size": str(info.embedding_size),
+             "tface.input": "float32 [batch, 3, S, S], RGB, (x/255 - mean)/std"}
+    for key, value in props.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
 
 
 def check_parity(model: nn.Module, path: str | os.PathLike, *, input_size: int = 112,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tface.backbones.common import check_choice, dropout_option, embedding_option, initialize_weights, input_size_option
+from tface.core.backbone import Backbone
 from tface.core.config import options
 
 __all__ = ["LAYERS", "Bottleneck", "ResNet", "ResNetConfig", "build_resnet", "resnet_50", "resnet_101", "resnet_152"]
@@ -59,7 +60,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone, nn.Module):
     """``[N,3,S,S]`` (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised).
 
     Head as TFace: ``bn_o1`` BN2d(2048) → Dropout → flatten → ``fc`` → ``bn_o2`` BN1d (affine, unlike IR).

@@ -21,7 +21,7 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
             "ghostnet", "GhostNet", "efficientnet_b0", "efficientnet_b1", "EfficientNetB0", "EfficientNetB1",
             "fbnet_a", "fbnet_b", "fbnet_c",
         ),
-        "plugins": ("backbone-commands",),
+        "plugins": ("backbone-commands", "backbone-weights"),
     },
     "tface-heads": {"heads": ("arcface", "cosface")},
     "tface-augment": {"augmenters": ("flip",)},

@@ -9,13 +9,15 @@ from pathlib import Path
 import click
 
 from tface.core import __version__, registry
+from tface.core.backbone import BackboneContractError
 from tface.core.config import ConfigError
 
 __all__ = ["main", "cli"]
 
 
 class _Group(click.Group):
-    """Turn known user errors (recipe, registry) into one ``Error: ...`` line and exit status 1, not a traceback.
+    """Turn known user errors (recipe, registry, a plugin's backbone contract) into one ``Error: ...`` line and
+    exit status 1, not a traceback.
 
     A wrong command line (unknown option, bad option value) stays click's usage error, exit status 2.
     """
@@ -23,7 +25,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (ConfigError, registry.RegistryError) as exc:
+        except (ConfigError, registry.RegistryError, BackboneContractError) as exc:
             raise click.ClickException(str(exc)) from exc
 
 

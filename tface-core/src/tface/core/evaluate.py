@@ -9,10 +9,9 @@ Two ways to say what to evaluate:
 
 Components are found through :mod:`tface.core.registry` only (the core never imports a plugin
 distribution), and every option is validated by the component's own ``Config`` before the checkpoint is
-read, so a typo costs nothing. Checkpoints are loaded with ``weights_only=True``; the common wrappers (a
-``module.`` or ``_orig_mod.`` prefix, weights nested under ``state_dict``/``backbone``/``model``) are
-undone, and the load is strict: a checkpoint that does not fit the backbone stops with the file and the
-first missing, unexpected and mis-shaped keys instead of silently evaluating random weights.
+read, so a typo costs nothing. Checkpoints are read by :mod:`tface.core.weights` (the reader ``tface export
+onnx`` and the trainer use too), strictly: a checkpoint that does not fit the backbone stops with the file and
+the first missing, unexpected and mis-shaped keys instead of silently evaluating random weights.
 """
 
 from __future__ import annotations
@@ -31,32 +30,24 @@ from torch import nn
 
 from tface.core import recipe as recipe_mod
 from tface.core import registry
+from tface.core.backbone import backbone_info
 from tface.core.config import ConfigError, unstructure, validate_options
 from tface.core.fsutil import atomic_write_bytes
 from tface.core.protocol import EvalContext, check_inputs
 from tface.core.recipe import Component
 from tface.core.report import benchmark_table, markdown_table, write_plots
+from tface.core.weights import WeightsError, load_into
 
 __all__ = [
     "EvalError",
     "EvalOutcome",
     "EvalPlan",
     "evaluate",
-    "load_weights",
     "parse_options",
     "plan_adhoc",
     "plan_run",
-    "read_state_dict",
     "resolve_device",
 ]
-
-#: Wrapper prefixes removed from every key (DataParallel/DDP, ``torch.compile``), outermost first.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-#: Keys under which training scripts nest the backbone weights (tface's ``last.pt`` uses ``backbone``).
-NESTED_KEYS = ("state_dict", "backbone", "model")
-#: How many keys of each kind a mismatch message names.
-SHOW_KEYS = 5
-
 
 class EvalError(RuntimeError):
     """A problem the user can fix (missing file, checkpoint that does not fit, bad device); one clear line."""
@@ -215,90 +206,6 @@ def plan_run(
     )
 
 
-# --- checkpoints ------------------------------------------------------------------------------------------
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int | None]:
-    """The backbone ``state_dict`` in ``path`` (wrappers undone) and the training step if it records one.
-
-    Loaded with ``weights_only=True`` onto the CPU, so a checkpoint cannot run code and a GPU-saved one
-    loads anywhere.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or pickled objects weights_only refuses
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise EvalError(f"checkpoint {path} cannot be loaded (weights only): {type(exc).__name__}: {first}") from exc
-    step = None
-    for _ in range(len(NESTED_KEYS)):
-        if _is_state_dict(obj) or not isinstance(obj, Mapping):
-            break
-        if isinstance(obj.get("step"), int):
-            step = int(obj["step"])
-        inner = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not _is_state_dict(obj):
-        found = f"keys {', '.join(map(str, list(obj)[:SHOW_KEYS]))}" if isinstance(obj, Mapping) else type(
-            obj).__name__
-        raise EvalError(f"checkpoint {path} holds no state_dict (parameter name → tensor); found {found}")
-    sd = dict(obj)
-    stripped = True
-    while stripped and sd:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
-                stripped = True
-    return sd, step
-
-
-def _some(keys: Sequence[str]) -> str:
-    more = f", … ({len(keys) - SHOW_KEYS} more)" if len(keys) > SHOW_KEYS else ""
-    return ", ".join(keys[:SHOW_KEYS]) + more
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "backbone") -> int | None:
-    """Strictly load the checkpoint at ``path`` into ``model``; returns the step it records, if any.
-
-    Keys and shapes are compared before the model is touched, so the error lists the first missing,
-    unexpected and mis-shaped keys together (``num_batches_tracked`` may be absent: old checkpoints lack
-    it and torch fills it in).
-    """
-    sd, step = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [
-        f"{k} (checkpoint {list(sd[k].shape)}, model {list(own[k].shape)})"
-        for k in own if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {_some(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_some(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} of another shape: {_some(mismatched)}")
-        raise EvalError(f"checkpoint {path} does not fit backbone {name!r} — keys " + "; ".join(parts)
-                        + " (wrong backbone, or other backbone options than in training?)")
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:  # e.g. a dtype torch cannot copy
-        raise EvalError(f"checkpoint {path}: {exc}") from exc
-    return step
-
-
 # --- running ----------------------------------------------------------------------------------------------
 
 
@@ -373,7 +280,13 @@ def evaluate(plan: EvalPlan, device: str = "auto", echo: Callable[[str], None] |
         raise EvalError("; ".join(problems))
     torch.manual_seed(plan.seed)  # the random initialisation, when there is no checkpoint
     model: nn.Module = plan.backbone.build("backbone")
-    ckpt_step = load_weights(model, plan.checkpoint, plan.backbone.name) if plan.checkpoint is not None else None
+    backbone_info(model, plan.backbone.name)  # the contract checked before any work (its input, its size)
+    ckpt_step = None
+    if plan.checkpoint is not None:
+        try:
+            ckpt_step = load_into(model, plan.checkpoint, what=f"backbone {plan.backbone.name!r}").step
+        except WeightsError as exc:
+            raise EvalError(str(exc)) from exc
     model.to(dev)
     step = ckpt_step if ckpt_step is not None else (plan.step or 0)
     ctx = EvalContext(device=dev, step=step, provided=_provided(plan.sources, say))

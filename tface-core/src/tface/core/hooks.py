@@ -68,6 +68,14 @@ class HookSpecs:
         ``"data"`` to their click groups (``groups["bench"].add_command(cmd)``). Called once per CLI start;
         keep the module light and import heavy libraries inside the commands."""
 
+    @hookspec
+    def tface_weights_hint(self, keys: list[str], model: Any) -> str | None:
+        """A one-line hint for a weights file that does not fit ``model`` (:mod:`tface.core.weights`), or None.
+
+        ``keys`` are the file's state_dict keys (wrappers removed); ``model`` is the unwrapped module. Called
+        only when a strict load fails, e.g. to say which architecture the keys belong to. Exceptions are
+        reported as warnings and ignored: a hint never hides the error it explains."""
+
 
 _problems: dict[registry.Entry, str] = {}  # broken hook plugins found in this process -> why
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tface.core.backbone import DEFAULT_MEAN, DEFAULT_STD, backbone_info
 from tface.core.config import option, options
 from tface.core.data.image import normalize
 from tface.core.fsutil import atomic_write, atomic_write_bytes
@@ -76,7 +77,15 @@ CACHE_CHUNK = 16384
 _CACHE_FORMAT = 1
 #: Most points kept of the ROC curve in a result (log-spaced in FPR), so reports can plot it cheaply.
 ROC_POINTS = 500
-_INPUT = "rgb, 5-point similarity warp to the 112x112 ArcFace template, (x/255-0.5)/0.5"
+
+
+def _input_description(size: int, mean: Sequence[float], std: Sequence[float]) -> str:
+    """What the crops fed to the model are, for the cache identity (112 and [-1, 1]: the historical text)."""
+    if tuple(mean) == DEFAULT_MEAN and tuple(std) == DEFAULT_STD:
+        norm = "(x/255-0.5)/0.5"
+    else:
+        norm = f"(x/255-{list(mean)})/{list(std)}"
+    return f"rgb, 5-point similarity warp to the {size}x{size} ArcFace template, {norm}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,8 +162,9 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> np.ndarray:
-    out = model(normalize(batch.to(device)).to(dtype))
+def _forward(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype,
+             mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD) -> np.ndarray:
+    out = model(normalize(batch.to(device), mean, std).to(dtype))
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TypeError(f"ijb: the model must return a [batch, dim] embedding tensor, got {got}")
@@ -257,11 +267,14 @@ def extract_features(
     chunk_size: int = CACHE_CHUNK,
     label: str = "ijb",
     before_work: Any = None,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw float32 embeddings ``[N, D]`` of every crop of ``dataset`` and (with ``flip``) of its mirror.
 
     ``dataset[i]`` is a uint8 ``[3, S, S]`` crop. The model runs in eval mode under ``torch.no_grad()`` (each
-    submodule's mode is restored), inputs normalised on ``device``. With ``cache_dir`` the embeddings go to
+    submodule's mode is restored), inputs normalised on ``device`` with ``mean``/``std`` (the backbone's,
+    :mod:`tface.core.backbone`). With ``cache_dir`` the embeddings go to
     ``cache_dir/<label>-<hash of identity>/`` in chunks of ``chunk_size`` images: complete chunks found
     there are loaded instead of recomputed (a finished cache never calls the model) and an interrupted run
     continues after its last complete chunk. ``identity`` must then describe everything that determines the
@@ -287,7 +300,8 @@ def extract_features(
             before_work(start)
         if cache is not None and start:
             print(f"{label}: resuming the feature cache in {cache.folder} at image {start}/{n}", file=sys.stderr)
-        out = _embed_range(model, dataset, out, start, n, device, batch_size, workers, flip, chunk_size, cache, label)
+        out = _embed_range(model, dataset, out, start, n, device, batch_size, workers, flip, chunk_size, cache, label,
+                           mean, std)
     return out[0], (out[1] if flip else None)  # type: ignore[return-value]
 
 
@@ -304,6 +318,8 @@ def _embed_range(
     chunk_size: int,
     cache: _Cache | None,
     label: str,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
 ) -> list[np.ndarray | None]:
     device = torch.device(device)
     param = next(model.parameters(), None)
@@ -319,7 +335,7 @@ def _embed_range(
             batch = batch.to(device, non_blocking=True)  # uint8 over the bus once; mirrored there
             views = (batch, batch.flip(-1)) if flip else (batch,)
             for k, view in enumerate(views):
-                emb = _forward(model, view, device, dtype)
+                emb = _forward(model, view, device, dtype, mean, std)
                 if out[k] is None:
                     out[k] = np.empty((n, emb.shape[1]), dtype=np.float32)
                 out[k][idx[0] : idx[-1] + 1] = emb  # type: ignore[index]
@@ -406,19 +422,21 @@ class IJB:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw embeddings of every image (and mirror), through the cache when ``cache_dir`` is set.
 
-        ``identity`` defaults to a hash of the model's weights plus the data and crop options.
+        ``identity`` defaults to a hash of the model's weights plus the data and crop options. Crops are aligned
+        at the backbone's declared ``input_size`` and normalised with its ``mean``/``std``.
         """
         cfg = self.config
+        info = backbone_info(model)
         if cfg.cache_dir is not None and identity is None:
             identity = {
                 "model": model_fingerprint(model),
-                "data": dataset_fingerprint(meta),
+                "data": dataset_fingerprint(meta, info.input_size),
                 "flip": cfg.flip,
-                "input": _INPUT,
+                "input": _input_description(info.input_size, info.mean, info.std),
             }
         return extract_features(
             model,
-            IJBImages(meta),
+            IJBImages(meta, info.input_size),
             device=ctx.device,
             batch_size=cfg.batch_size,
             workers=cfg.workers,
@@ -428,6 +446,8 @@ class IJB:
             chunk_size=self.cache_chunk,
             label=f"ijb-{meta.target.lower()}",
             before_work=lambda start: check_images(meta, range(start, len(meta.names))),
+            mean=info.mean,
+            std=info.std,
         )
 
     # -- the protocol -----------------------------------------------------------------------------------

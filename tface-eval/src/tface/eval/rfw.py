@@ -28,7 +28,7 @@ from torch import nn
 
 from tface.core.config import option, options
 from tface.core.protocol import EvalContext, Result
-from tface.eval.verification import bin_set_metrics
+from tface.eval.verification import bin_set_metrics, model_input
 
 __all__ = ["GROUPS", "RFW", "rfw_summary", "skewed_error_ratio"]
 
@@ -85,8 +85,9 @@ class RFW:
         flip: bool = True,
         # Groups to evaluate; the summary (mean, std, SER) needs at least two.
         groups: Sequence[str] = option(GROUPS, _groups_valid),
-        # Side of the square model input; other crops are resized (short side) and centre-cropped.
-        image_size: int = option(112, attrs.validators.gt(0)),
+        # Side of the square model input; other crops are resized (short side) and centre-cropped. Unset: the
+        # backbone's declared ``input_size`` (a set value must equal it).
+        image_size: int | None = option(None, attrs.validators.optional(attrs.validators.gt(0))),
     ):
         self.config = self.Config(
             root=pathlib.Path(root),
@@ -127,10 +128,11 @@ class RFW:
 
     def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
         files = self.files()  # fail before spending time on the first group
+        info = model_input(model, self.config.image_size, self.name)
         results: list[Result] = []
         for group, path in files:
             numbers = bin_set_metrics(model, path, device=ctx.device, batch_size=self.config.batch_size,
-                                      flip=self.config.flip, image_size=self.config.image_size)
+                                      flip=self.config.flip, image_size=info.input_size, mean=info.mean, std=info.std)
             results.append(
                 {
                     "protocol": self.name,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tface.core.backbone import DEFAULT_MEAN, DEFAULT_STD, BackboneInfo, backbone_info
 from tface.core.config import option, options
 from tface.core.data.binfile import BinFormatError, read_bin
 from tface.core.data.image import ImageDecodeError, decode_rgb, normalize
@@ -85,9 +86,20 @@ def load_crops(
     return torch.stack(crops)
 
 
+def model_input(model: nn.Module, image_size: int | None, protocol: str) -> BackboneInfo:
+    """The backbone's declared input (:func:`tface.core.backbone.backbone_info`); a protocol's ``image_size``
+    option, when set, must agree with it (the model was built for one size)."""
+    info = backbone_info(model)
+    if image_size is not None and image_size != info.input_size:
+        raise ValueError(f"{protocol}: image_size = {image_size}, but the backbone takes {info.input_size}x"
+                         f"{info.input_size} inputs (its input_size); leave image_size unset to use the backbone's")
+    return info
+
+
 def _embed(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype,
-           memory_format: torch.memory_format = torch.contiguous_format) -> np.ndarray:
-    out = model(normalize(batch).to(device=device, dtype=dtype).contiguous(memory_format=memory_format))
+           memory_format: torch.memory_format = torch.contiguous_format, mean: Sequence[float] = DEFAULT_MEAN,
+           std: Sequence[float] = DEFAULT_STD) -> np.ndarray:
+    out = model(normalize(batch, mean, std).to(device=device, dtype=dtype).contiguous(memory_format=memory_format))
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TypeError(f"verification: the model must return a [batch, dim] embedding tensor, got {got}")
@@ -160,6 +172,9 @@ def embed_raw(
     image_size: int = 112,
     source: Any = None,
     channels_last: bool = False,
+    *,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw (un-normalised) float32 embeddings of ``images`` and, with ``flip``, of their mirrors.
 
@@ -168,7 +183,8 @@ def embed_raw(
     and its rows are copied to every slot holding it. Runs ``model`` in eval mode under
     ``torch.no_grad()`` and restores every submodule's mode. Inputs follow the model's memory format;
     ``channels_last`` converts a contiguous model to channels-last for the pass and back afterwards.
-    ``source`` (e.g. the file) is named in decode errors, which give the slot of the image.
+    ``source`` (e.g. the file) is named in decode errors, which give the slot of the image. Crops are
+    normalised with ``mean``/``std`` (the backbone's, :mod:`tface.core.backbone`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -185,7 +201,7 @@ def embed_raw(
             batch = torch.cat([load_crops(images, i, i + 1, image_size, source) for i in slots])
             copies = (batch, batch.flip(-1)) if flip else (batch,)
             for k, copy in enumerate(copies):
-                emb = _embed(model, copy, device, dtype, memory_format)
+                emb = _embed(model, copy, device, dtype, memory_format, mean, std)
                 if raw[k] is None:
                     raw[k] = np.empty((len(first), emb.shape[1]), dtype=np.float32)
                 raw[k][start : start + len(slots)] = emb
@@ -212,6 +228,9 @@ def embed_pairs(
     image_size: int = 112,
     source: Any = None,
     channels_last: bool = False,
+    *,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
 ) -> tuple[np.ndarray, float]:
     """L2-normalised float32 embeddings of ``images`` (one row per image) and their XNorm.
 
@@ -221,7 +240,8 @@ def embed_pairs(
     restores every submodule's mode. ``source`` (e.g. the file) is named in decode errors; ``channels_last``
     as in :func:`embed_raw`.
     """
-    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source, channels_last)
+    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source, channels_last,
+                             mean=mean, std=std)
     summed = orig + mirror if mirror is not None else orig
     return l2_normalize(summed), xnorm_of(orig, mirror)
 
@@ -251,11 +271,12 @@ def roc_curve_points(fpr: np.ndarray, tpr: np.ndarray, max_points: int = CURVE_P
 
 def bin_set_metrics(model: nn.Module, path: str | os.PathLike, *, device: torch.device | str = "cpu",
                     batch_size: int = 64, flip: bool = True, image_size: int = 112,
-                    channels_last: bool = False) -> dict[str, Any]:
+                    channels_last: bool = False, mean: Sequence[float] = DEFAULT_MEAN,
+                    std: Sequence[float] = DEFAULT_STD) -> dict[str, Any]:
     """:func:`pair_set_metrics` of the ``.bin`` file at ``path`` (read with the restricted unpickler)."""
     images, issame = read_bin(path)
     return pair_set_metrics(model, images, issame, device=device, batch_size=batch_size, flip=flip,
-                            image_size=image_size, source=path, channels_last=channels_last)
+                            image_size=image_size, source=path, channels_last=channels_last, mean=mean, std=std)
 
 
 def pair_set_metrics(
@@ -268,6 +289,9 @@ def pair_set_metrics(
     image_size: int = 112,
     source: Any = None,
     channels_last: bool = False,
+    *,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
 ) -> dict[str, Any]:
     """Every verification number of one pair set from a single embedding pass (percent where a rate).
 
@@ -279,7 +303,8 @@ def pair_set_metrics(
     """
     if issame.size < NFOLDS:
         raise BinFormatError(f"{source}: {issame.size} pairs; {NFOLDS}-fold verification needs ≥ {NFOLDS}")
-    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source, channels_last)
+    orig, mirror = embed_raw(model, images, device, batch_size, flip, image_size, source, channels_last,
+                             mean=mean, std=std)
     xnorm = xnorm_of(orig, mirror)
     dist_noflip = pair_distances(l2_normalize(orig))
     dist = pair_distances(l2_normalize(orig + mirror)) if mirror is not None else dist_noflip
@@ -321,8 +346,9 @@ class Verification:
         batch_size: int = option(64, attrs.validators.gt(0)),
         # Flip test: embed each image and its mirror and add the two embeddings.
         flip: bool = True,
-        # Side of the square model input; other crops are resized (short side) and centre-cropped.
-        image_size: int = option(112, attrs.validators.gt(0)),
+        # Side of the square model input; other crops are resized (short side) and centre-cropped. Unset: the
+        # backbone's declared ``input_size`` (a set value must equal it).
+        image_size: int | None = option(None, attrs.validators.optional(attrs.validators.gt(0))),
         # Run the model in channels-last memory format (as ``train.channels_last``): a contiguous model is
         # converted for the evaluation and back. A model already in channels-last gets channels-last inputs
         # either way.
@@ -374,11 +400,12 @@ class Verification:
         for name, path in sets:  # fail before spending time on the first set
             if not path.is_file():
                 raise FileNotFoundError(f"verification: {path} (set {name!r}) does not exist")
+        info = model_input(model, self.config.image_size, self.name)
         results: list[Result] = []
         for name, path in sets:
             numbers = bin_set_metrics(model, path, device=ctx.device, batch_size=self.config.batch_size,
-                                      flip=self.config.flip, image_size=self.config.image_size,
-                                      channels_last=self.config.channels_last)
+                                      flip=self.config.flip, image_size=info.input_size,
+                                      channels_last=self.config.channels_last, mean=info.mean, std=info.std)
             numbers.pop("metrics")
             results.append({"protocol": self.name, "dataset": name, "step": ctx.step, **numbers})
         return results

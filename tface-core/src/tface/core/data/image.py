@@ -33,6 +33,7 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -301,9 +302,19 @@ def _pillow_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def normalize(img: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` → float32 ``(x/255 − 0.5)/0.5``."""
-    return img.to(torch.float32).div_(127.5).sub_(1.0)
+def normalize(img: torch.Tensor, mean: Sequence[float] = (0.5, 0.5, 0.5),
+              std: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` → float32 ``(x/255 − mean)/std`` per channel (a backbone's ``mean``/``std``,
+    :mod:`tface.core.backbone`); the default is [-1, 1].
+
+    Computed as ``x / (255·std) − mean/std``: for the default that is ``x / 127.5 − 1`` exactly.
+    """
+    out = img.to(torch.float32)
+    if len(set(mean)) == 1 and len(set(std)) == 1:  # one value for all channels: scalars, no broadcast tensors
+        return out.div_(255.0 * std[0]).sub_(mean[0] / std[0])
+    scale = torch.tensor([255.0 * s for s in std], dtype=torch.float32, device=out.device).view(3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32, device=out.device).view(3, 1, 1)
+    return out.div_(scale).sub_(shift)
 
 
 def decode_normalized(data: bytes) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 
 from tface.core import kinds
 from tface.core import recipe as recipe_mod
+from tface.core.backbone import backbone_info
 from tface.core.config import ConfigError
 from tface.core.protocol import check_inputs as protocol_inputs
 
@@ -48,6 +49,7 @@ class Components:
         self.head: nn.Module = built["heads"]
         self.augmenters: list[Any] = built["augmenters"]
         self.protocols: list[Any] = built["protocols"]
+        backbone_info(self.backbone, recipe.backbone.name)  # the contract, checked by --dry-run too
 
     def check_inputs(self) -> None:
         """Raise :class:`ConfigError` naming the recipe key and path of every input file that is missing.

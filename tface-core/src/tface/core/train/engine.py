@@ -10,7 +10,6 @@ import attrs
 import torch
 
 from tface.core.data.branches import MultiBatch
-from tface.core.data.image import normalize
 from tface.core.train.errors import TrainingError
 from tface.core.train.setup import TrainingSetup
 
@@ -33,7 +32,7 @@ class StepEngine:
     def forward(self, batch: MultiBatch) -> tuple[torch.Tensor, dict[str, tuple[float, int, int]]]:
         """Weighted sum of the branch losses; per branch (loss, correct, seen) for the logs."""
         s = self.setup
-        images = normalize(batch.images).contiguous(memory_format=s.memory_format)
+        images = s.info.normalize(batch.images).contiguous(memory_format=s.memory_format)
         embeddings = s.backbone(images).float()
         total: torch.Tensor | None = None
         stats: dict[str, tuple[float, int, int]] = {}

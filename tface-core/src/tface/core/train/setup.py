@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tface.core import recipe as recipe_mod
+from tface.core.backbone import BackboneInfo, backbone_info
 from tface.core.classifier import Classifier
 from tface.core.data.branches import BranchLoader, BranchSpec
 from tface.core.train.components import Components, Compose
@@ -33,16 +34,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def embedding_size_of(backbone: nn.Module, input_size: int = 112) -> int:
-    size = getattr(backbone, "embedding_size", None)
-    if isinstance(size, int):
-        return size
-    was = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        out = backbone(torch.zeros(2, 3, input_size, input_size))
-    backbone.train(was)
-    return int(out.shape[1])
+def embedding_size_of(backbone: nn.Module) -> int:
+    """The declared ``embedding_size`` (the backbone contract, :mod:`tface.core.backbone`; never probed)."""
+    return backbone_info(backbone).embedding_size
 
 
 @attrs.define(eq=False)
@@ -57,6 +51,8 @@ class TrainingSetup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loader: BranchLoader
     memory_format: torch.memory_format
+    #: the backbone contract: embedding and input size, the mean/std the engine normalises batches with
+    info: BackboneInfo
     #: evaluation files the data sources provide, per protocol name
     eval_provided: dict[str, dict[str, Path]]
     data_seconds: float
@@ -112,7 +108,8 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     if cfg.channels_last:  # faster depthwise/1x1 convolutions on CPUs and tensor cores
         backbone = backbone.to(memory_format=torch.channels_last)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    emb = embedding_size_of(backbone)
+    info = backbone_info(backbone, recipe.backbone.name)
+    emb = info.embedding_size
     classifiers = _classifiers(recipe, parts, specs, emb).to(device)
     optimizer = build_optimizer(cfg, [backbone, classifiers])
     scheduler = build_scheduler(cfg, optimizer)
@@ -128,5 +125,5 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     echo(f"data: {sizes} ({data_seconds:.1f}s); device: {device}; steps: {cfg.max_steps}, {len(loader)} per epoch")
     return TrainingSetup(device=device, backbone=backbone, classifiers=classifiers,
                          weights={s.name: s.weight for s in specs}, optimizer=optimizer, scheduler=scheduler,
-                         loader=loader, memory_format=memory_format, eval_provided=provided,
+                         loader=loader, memory_format=memory_format, info=info, eval_provided=provided,
                          data_seconds=data_seconds)
