@@ -148,4 +148,7 @@ def test_a_backbone_without_the_contract_is_one_error_line(seeing, tmp_path: Pat
     res = CliRunner().invoke(cli, ["run", str(toy_recipe(tmp_path, "undeclared")), "--output-dir",
                                    str(tmp_path / "run")])
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert f"Error: backbone {seeing}.Undeclared does not declare input_size" in res.output
+    assert f"Error: backbone 'undeclared' ({seeing}.Undeclared) does not declare input_size" in res.output
+    assert not (tmp_path / "run").exists()  # checked with the other components, before the run folder
+    res = CliRunner().invoke(cli, ["run", str(toy_recipe(tmp_path, "undeclared")), "--dry-run"])
+    assert res.exit_code == 1 and f"Error: backbone 'undeclared' ({seeing}.Undeclared)" in res.output
