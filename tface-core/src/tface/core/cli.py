@@ -140,6 +140,15 @@ def _print_table(rows: list[dict]) -> None:
         click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
 
 
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from tface.core.recipe import check_device
+
+    problem = None if value is None else check_device(value)
+    if problem:
+        raise click.BadParameter(problem)
+    return value
+
+
 @cli.command("run")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
@@ -151,14 +160,49 @@ def _print_table(rows: list[dict]) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Reuse a run folder holding an earlier run: delete the files that run listed in its "
                    "status.json (nothing else), then run.")
+@click.option("--device", callback=_check_device,
+              help="auto, cpu, cuda or cuda:N; overrides the recipe's device (distributed: cuda means "
+                   "cuda:LOCAL_RANK).")
+@click.option("--nproc-per-node", type=click.IntRange(1, 1024), metavar="N",
+              help="Train data-parallel in N processes on this machine, started by torch.distributed.run "
+                   "(gloo on CPU, NCCL on CUDA). Under torchrun, leave it out: the run joins torchrun's group.")
 def run_cmd(recipe_path: Path, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None,
-            overwrite: bool) -> None:
+            overwrite: bool, device: str | None, nproc_per_node: int | None) -> None:
     """Train, checkpoint, evaluate and report, as RECIPE says."""
     from tface.core import recipe as recipe_mod
+    from tface.core.train import distributed
     from tface.core.train.rundir import RunDirError, check_run_dir
     from tface.core.train.trainer import Trainer, TrainingError, build_components
 
+    if device is not None:
+        overrides = (*overrides, f"device={json.dumps(device)}")
     recipe = recipe_mod.load(recipe_path, overrides)
+    if nproc_per_node is not None and not dry_run:
+        try:
+            launched = distributed.env_ranks() is not None
+        except distributed.DistributedError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if launched:
+            raise click.UsageError("--nproc-per-node: this process was started by torchrun (RANK and WORLD_SIZE "
+                                   "are set); drop --nproc-per-node and let torchrun start the processes")
+        folder = output_dir or recipe.output_dir
+        if folder is not None:
+            try:
+                check_run_dir(folder, overwrite, "--output-dir" if output_dir is not None else "output_dir")
+            except RunDirError as exc:
+                raise click.ClickException(str(exc)) from exc
+        worker = ["run", str(recipe_path.resolve())]
+        for item in overrides:
+            worker += ["--set", item]
+        if output_dir is not None:
+            worker += ["--output-dir", str(output_dir.resolve())]
+        if overwrite:
+            worker.append("--overwrite")
+        try:
+            distributed.launch(nproc_per_node, worker)
+        except TrainingError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
     if dry_run:
         parts = build_components(recipe)
         parts.check_inputs()
