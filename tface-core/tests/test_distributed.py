@@ -28,10 +28,26 @@ from tface.core.train.trainer import Trainer
 
 #: A backbone without BatchNorm: per-process batch statistics would make 2 x B differ from 2B by design.
 FLAT_MODULE = '''
-    import json, os
+    import json, os, time
     import attrs
     from torch import nn
     from tface.core.hooks import hookimpl
+    from TOYMODULE import ToySource
+
+
+    class LoggedSource(ToySource):
+        """toydata that notes when each rank prepares it (rank 0 slowly): shows who goes first."""
+
+        def train_dataset(self, transform=None):
+            folder = os.environ.get("TFACE_TEST_HOOKS")
+            if folder:
+                rank = os.environ.get("RANK", "-")
+                with open(os.path.join(folder, "data.log"), "a") as f:
+                    f.write(f"{rank} start\\n")
+                time.sleep(1.0 if rank == "0" else 0.0)
+                with open(os.path.join(folder, "data.log"), "a") as f:
+                    f.write(f"{rank} end\\n")
+            return super().train_dataset(transform)
 
 
     class FlatBackbone(nn.Module):
@@ -79,8 +95,9 @@ def flat(site, toy_plugins, tmp_path):
     """The toy plugins plus a BatchNorm-free backbone ``flatnet`` and a hook plugin, importable by subprocesses."""
     module = f"flatplug_{tmp_path.name.replace('-', '_')}"
     site("flat-plugins", {"tface.backbones": {"flatnet": f"{module}:FlatBackbone"},
+                          "tface.datasets": {"loggeddata": f"{module}:LoggedSource"},
                           "tface.plugins": {"flathooks": module}},
-         {f"{module}.py": FLAT_MODULE})
+         {f"{module}.py": FLAT_MODULE.replace("TOYMODULE", toy_plugins)})
     return tmp_path / "site"
 
 
@@ -93,8 +110,10 @@ def _env(site_root: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _write_recipe(tmp_path: Path, batch: int, steps: int, extra: str = "", backbone: str = "flatnet") -> Path:
+def _write_recipe(tmp_path: Path, batch: int, steps: int, extra: str = "", backbone: str = "flatnet",
+                  source: str = "toydata") -> Path:
     text = (TOY_RECIPE.replace('name = "toynet"', f'name = "{backbone}"')
+            .replace('name = "toydata"', f'name = "{source}"')
             .replace("batch_size = 16", f"batch_size = {batch}").replace("max_steps = 30", f"max_steps = {steps}")
             .replace("log_every = 5", "log_every = 2"))
     path = tmp_path / f"toy-b{batch}.toml"
@@ -141,13 +160,15 @@ def test_two_processes_train_like_one_with_the_double_batch(flat, tmp_path):
     steps = 6  # 4 steps per epoch: crosses into the second epoch's shuffle
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    two = _tface(["run", "--nproc-per-node", "2", str(_write_recipe(tmp_path, 8, steps))],
+    two = _tface(["run", "--nproc-per-node", "2", str(_write_recipe(tmp_path, 8, steps, source="loggeddata"))],
                  _env(flat, tmp_path, TFACE_TEST_HOOKS=str(hooks)), cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     # the default folder runs/<recipe>-<time>: made once by rank 0, and the path reached rank 1
     (run2,) = list((tmp_path / "runs").iterdir())
+    # rank 0 prepared the data alone; rank 1 started only once it had finished
+    assert (hooks / "data.log").read_text().split("\n") == ["0 start", "0 end", "1 start", "1 end", ""]
     one_dir = tmp_path / "one"
-    Trainer(recipe.load(_write_recipe(tmp_path, 16, steps)), one_dir, echo=lambda m: None).run()
+    Trainer(recipe.load(_write_recipe(tmp_path, 16, steps, source="loggeddata")), one_dir, echo=lambda m: None).run()
 
     ref, got = _weights(one_dir), _weights(run2)
     assert sorted(ref) == sorted(got)
@@ -186,7 +207,8 @@ def test_a_lost_peer_ends_the_survivor_with_a_clear_error(flat, tmp_path, how):
     """Two processes joined from torchrun's variables. Rank 1 is SIGKILLed mid-training, or stops answering (a
     hook sleeps): rank 0 fails with one clear line, within the 10 s timeout for the silent one, never hangs."""
     path = tmp_path / "long.toml"
-    path.write_text(_write_recipe(tmp_path, 8, 100_000, "\n[distributed]\ntimeout = 10\n").read_text()
+    # toynet has BatchNorm: DDP's forward broadcasts its buffers, the backward all-reduces gradients
+    path.write_text(_write_recipe(tmp_path, 8, 100_000, "\n[distributed]\ntimeout = 10\n", "toynet").read_text()
                     .replace("log_every = 2", "log_every = 1\neval_at_start = false"))
     run_dir = tmp_path / "run"
     port = str(_free_port())
@@ -212,7 +234,7 @@ def test_a_lost_peer_ends_the_survivor_with_a_clear_error(flat, tmp_path, how):
         (line,) = [x for x in err.splitlines() if x.startswith("Error:")]
         # which collective meets the loss first, and gloo's wording of a closed socket, vary from run to run
         cause = ".*Connection (closed|reset) by peer" if how == "killed" else "Timed out waiting 10000ms"
-        assert re.fullmatch(r"Error: rank 0 of 2 lost the other processes during the (gradient|metrics) all-reduce: "
+        assert re.fullmatch(r"Error: rank 0 of 2 lost the other processes during (step \d+|the metrics all-reduce): "
                             r"one of "
                             r"them died, failed or did not answer within \[distributed\] timeout = 10 s \(its own "
                             rf"output says why\): {cause}.*", line), line

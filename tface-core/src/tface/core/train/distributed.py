@@ -238,6 +238,8 @@ def wrap(setup: Any, world: World, cfg: DistributedConfig, echo: Callable[[str],
     DDP averages the gradients of everything inside ``setup.train_module``: the backbone and the
     (replicated) classifiers. Parameters that must stay out of its sync (sharded classifiers) belong outside
     that module. ``setup.sync_context(last)`` skips the all-reduce for all but the last micro-batch of a step.
+    The trainer runs each step inside :meth:`World.collective`, which names a lost peer (DDP's forward
+    broadcasts buffers, its backward all-reduces gradients).
     ``setup.backbone`` and ``setup.classifiers`` stay the plain modules (evaluation, checkpoints, hooks).
     """
     from torch.nn.parallel import DistributedDataParallel
@@ -253,11 +255,12 @@ def wrap(setup: Any, world: World, cfg: DistributedConfig, echo: Callable[[str],
         return
     module = TrainModule(setup.backbone, setup.classifiers)
     ids = [setup.device.index] if setup.device.type == "cuda" else None
-    ddp = DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)
+    with world.collective("the DDP set-up"):  # DDP checks the shapes and broadcasts rank 0's weights
+        ddp = DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)
     setup.train_module = ddp
 
     def sync_context(last: bool) -> contextlib.AbstractContextManager:
-        return world.collective("the gradient all-reduce") if last else ddp.no_sync()
+        return contextlib.nullcontext() if last else ddp.no_sync()
 
     setup.sync_context = sync_context
 
@@ -295,6 +298,7 @@ def launch(nproc_per_node: int, worker_args: Sequence[str]) -> None:
     port, one rendezvous on this machine, and when one process fails torchrun stops the others.
     """
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = torchrun.get_args_parser().parse_args([
@@ -302,6 +306,10 @@ def launch(nproc_per_node: int, worker_args: Sequence[str]) -> None:
         *worker_args])
     try:
         torchrun.run(args)
+    except SignalException as exc:  # torchrun itself was interrupted; it stopped the processes the same way
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise DistributedError(f"torchrun received {exc.sigval.name} and stopped every process") from None
     except ChildFailedError as exc:
         parts = []
         for rank, failure in sorted(exc.failures.items()):

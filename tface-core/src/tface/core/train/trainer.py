@@ -158,7 +158,8 @@ class Trainer:
                                self.world.all_reduce_sum if self.world.distributed else None)
         while step < cfg.max_steps:
             for batch in _data_errors(self.loader, lambda: step + 1):  # noqa: B023 - read when an error happens
-                result = self.engine.step(batch, step + 1)
+                with self.world.collective(f"step {step + 1}"):  # DDP's broadcasts and all-reduces
+                    result = self.engine.step(batch, step + 1)
                 step += 1
                 self.step = step
                 window.add(result)
