@@ -155,7 +155,9 @@ def test_two_processes_train_like_one_with_the_double_batch(flat, tmp_path):
 
     Rank r takes positions r, r+2, ... of the one global permutation, so each step the two ranks together
     see exactly the 16 samples the single process sees; DDP averages the two batch-mean gradients, which is
-    the mean over 16. Only the order of float additions differs (hence 1e-5, not bit equality).
+    the mean over 16. Only the order of float additions differs, so equality is up to float32 rounding:
+    relative 1e-5 (the class centres grow to ~19, where one float32 step is 1.9e-6; the runs differ by a
+    few such steps) and 1e-6 absolute for entries near 0 (the backbone differs by at most ~2.4e-7).
     """
     steps = 6  # 4 steps per epoch: crosses into the second epoch's shuffle
     hooks = tmp_path / "hooks"
@@ -173,7 +175,7 @@ def test_two_processes_train_like_one_with_the_double_batch(flat, tmp_path):
     ref, got = _weights(one_dir), _weights(run2)
     assert sorted(ref) == sorted(got)
     for key in ref:
-        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-5, msg=key)
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
     # the metric windows are all-reduced: each line describes the global batch of 16, like the single run
     m1, m2 = _metrics(one_dir), _metrics(run2)
     assert [m["step"] for m in m2] == [m["step"] for m in m1] == [2, 4, 6]
