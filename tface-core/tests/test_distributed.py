@@ -24,7 +24,7 @@ from tface.core.hooks import hookimpl
 from tface.core.train import checkpoint, distributed
 from tface.core.train.reporting import MetricsWindow
 from tface.core.train.setup import resolve_device
-from tface.core.train.trainer import Trainer
+from tface.core.train.trainer import Trainer, TrainingError
 
 #: A backbone without BatchNorm: per-process batch statistics would make 2 x B differ from 2B by design.
 FLAT_MODULE = '''
@@ -385,3 +385,35 @@ def test_metrics_window_sums_the_processes():
     assert record["top1"] == pytest.approx(100.0 * (3 + 1 + 4 + 0) / 16)
     assert record["branches"]["a"] == pytest.approx({"loss": (4.0 + 12.0) / 8, "top1": 100.0 * 7 / 8})
     assert record["branches"]["b"] == pytest.approx({"loss": (12.0 + 4.0) / 8, "top1": 100.0 * 1 / 8})
+
+
+def test_sigterm_in_a_process_group_becomes_a_peer_lost_error():
+    """torchrun ends the other processes with SIGTERM when one fails: rank 0 must get to record why."""
+    world = distributed.World(rank=0, world_size=2, backend="gloo")  # no group needed: only the signal matters
+    before = signal.getsignal(signal.SIGTERM)
+    lost = pytest.raises(distributed.PeerLost, match=r"^rank 0 of 2 stopped by SIGTERM \(torchrun stops every process")
+    with lost, distributed.stop_on_sigterm(world):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at the next bytecode
+    with distributed.stop_on_sigterm(world) as disarm:
+        disarm()  # the final status is being written: a late SIGTERM must not cut it short
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with distributed.stop_on_sigterm(distributed.World()):  # a single process keeps the default
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_only_process_group_failures_become_peer_lost():
+    world = distributed.World(rank=1, world_size=2, backend="gloo")
+    with pytest.raises(distributed.PeerLost) as info, world.collective("step 7"):
+        raise RuntimeError("[/src/gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]:4711. "
+                           "This is typically caused by a remote worker crashing. GLHF")
+    assert str(info.value) == ("rank 1 of 2 lost the other processes during step 7: one of them died, failed or did "
+                               "not answer within [distributed] timeout = 1800 s (its own output says why): "
+                               "Connection closed by peer [10.0.0.2]:4711")
+    for exc in (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("gloo"),
+                TrainingError("loss became nan at step 7 (timeout)")):
+        with pytest.raises(type(exc)) as info, world.collective("step 7"):
+            raise exc
+        assert info.value is exc  # passed through, not turned into PeerLost

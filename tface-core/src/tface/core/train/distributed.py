@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -88,6 +89,9 @@ _COMM_MARKERS = ("gloo", "nccl", "processgroup", "connection", "timed out", "tim
 
 
 def _is_comm_error(exc: BaseException) -> bool:
+    """Whether ``exc`` came from the process group (gloo and NCCL raise plain RuntimeErrors), not from tface."""
+    if isinstance(exc, TrainingError):
+        return False
     dist_error = getattr(dist, "DistError", None)
     if dist_error is not None and isinstance(exc, dist_error):
         return True
@@ -272,7 +276,7 @@ def stop_on_sigterm(world: World) -> Iterator[Callable[[], None]]:
     torchrun sends SIGTERM to every process when one of them fails (or when it is itself interrupted). Yields
     ``disarm``: called before the run writes its final status, so a late SIGTERM cannot cut that short.
     """
-    armed = [world.distributed and sys.platform != "win32"]
+    armed = [world.distributed and sys.platform != "win32" and threading.current_thread() is threading.main_thread()]
 
     def handler(signum: int, frame: Any) -> None:
         if armed[0]:
