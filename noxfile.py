@@ -29,8 +29,8 @@ def _editable(*dists: str) -> list[str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """All distributions together, all tests (plus the top-level integration tests)."""
-    # the optional `onnx` extra of tface-backbones too, so the ONNX export/parity tests run in CI
-    session.install(*TEST_DEPS, *_editable(CORE, *PLUGINS[1:]), "-e", f"{PLUGINS[0]}[onnx]")
+    # the optional extras too (tface-backbones[onnx], tface-core[tensorboard]), so their tests run in CI
+    session.install(*TEST_DEPS, "-e", f"{CORE}[tensorboard]", *_editable(*PLUGINS[1:]), "-e", f"{PLUGINS[0]}[onnx]")
     session.run("pytest", CORE, *PLUGINS, "tests", *session.posargs)
 
 

@@ -119,6 +119,8 @@ class TrainConfig:
     eval_every: int = attrs.field(default=0, validator=_ge0)
     threads: int = attrs.field(default=0, validator=[_ge0, attrs.validators.le(MAX_PARALLEL)])
     channels_last: bool = False
+    #: TensorBoard event files in <run folder>/tensorboard (needs the tensorboard extra)
+    tensorboard: bool = False
 
     @lr_milestones.validator
     def _sorted(self, _attr: Any, value: list[int]) -> None:

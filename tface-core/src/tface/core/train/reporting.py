@@ -3,27 +3,48 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tface.core.report import write_plots, write_reports
 from tface.core.train.engine import StepResult
 from tface.core.train.rundir import RunDir
 
-__all__ = ["MetricsWindow", "append_metrics", "write_final_reports"]
+__all__ = ["MetricsWindow", "append_metrics", "write_final_reports", "memory_mb"]
+
+
+def memory_mb(device: torch.device | None = None) -> dict[str, float]:
+    """Peak memory so far: the process's resident set (``max_rss_mb``) and, on CUDA, the most allocated."""
+    out: dict[str, float] = {}
+    try:
+        import resource
+    except ImportError:  # Windows
+        pass
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        out["max_rss_mb"] = round(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, 1)
+    if device is not None and device.type == "cuda":
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
 
 
 class MetricsWindow:
     """Losses and top-1 accumulated since the last log line, per branch and in total.
 
     ``reduce`` sums a list of numbers over the processes of a distributed run (every process calls
-    :meth:`record` at the same steps), so the record describes the global batch, not one process's share.
+    :meth:`record` at the same steps), so the record describes the global batch, not one process's share;
+    the peak memory is this process's (rank 0's in ``metrics.jsonl``).
     """
 
-    def __init__(self, names: Sequence[str], reduce: Callable[[list[float]], list[float]] | None = None):
+    def __init__(self, names: Sequence[str], device: torch.device | None = None,
+                 reduce: Callable[[list[float]], list[float]] | None = None):
         self.names = list(names)
+        self.device = device
         self.reduce = reduce
         self._reset(time.perf_counter())
 
@@ -56,6 +77,7 @@ class MetricsWindow:
             "top1": 100.0 * sum(w[1] for w in branches.values()) / seen,
             "lr": lr,
             "images_per_s": seen / max(now - self.t0, 1e-9),
+            **memory_mb(self.device),
         }
         if len(self.names) > 1:
             record["branches"] = {n: {"loss": w[0] / w[2], "top1": 100.0 * w[1] / w[2]}

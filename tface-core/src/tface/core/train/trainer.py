@@ -27,6 +27,8 @@ from tface.core.train.errors import TrainingError
 from tface.core.train.progress import Progress
 from tface.core.train.reporting import MetricsWindow, append_metrics, write_final_reports
 from tface.core.train.setup import build_training, embedding_size_of, resolve_device
+from tface.core.train.tensorboard import TensorBoardLog
+from tface.core.train.tensorboard import require as require_tensorboard
 
 __all__ = ["Components", "build_components", "Trainer", "TrainingError", "resolve_device", "embedding_size_of"]
 
@@ -81,6 +83,7 @@ class Trainer:
         self.world = distributed.World()
         #: rank 0 (or the single process): the one that writes the run folder and evaluates
         self.main = True
+        self.tensorboard: TensorBoardLog | None = None
 
     # -- setup -------------------------------------------------------------------------------------
     def _join(self) -> None:
@@ -95,6 +98,8 @@ class Trainer:
         """Build and check every component; only then create (or clear) the run folder."""
         self.parts = build_components(self.recipe)
         self.parts.check_inputs()
+        if self.cfg.tensorboard:
+            require_tensorboard()
         # rank 0 creates the folder (a default name holds the time) and tells the others where it is
         self.run_dir = Path(self.world.share(self._make_run_dir if self.main else None, "preparing the run folder"))
         if self.main:
@@ -132,6 +137,8 @@ class Trainer:
             self.pm.hook.tface_evaluation_done(step=step, results=results, **self._ranks)
             self.echo(markdown_table(results).rstrip())
         self.results.extend(results)
+        if self.tensorboard is not None and results:
+            self.tensorboard.add_results(step, results)
         return results
 
     @property
@@ -154,7 +161,7 @@ class Trainer:
         step, epoch = 0, 0
         self.backbone.train()
         self.classifiers.train()
-        window = MetricsWindow([s.name for s in self.loader.specs],
+        window = MetricsWindow([s.name for s in self.loader.specs], self.device,
                                self.world.all_reduce_sum if self.world.distributed else None)
         while step < cfg.max_steps:
             for batch in _data_errors(self.loader, lambda: step + 1):  # noqa: B023 - read when an error happens
@@ -169,6 +176,8 @@ class Trainer:
                     record = window.record(step, epoch, result.lr)
                     if self.main:
                         append_metrics(self.folder.path, record)
+                    if self.tensorboard is not None:
+                        self.tensorboard.add_metrics(record)
                     fields = {k: record[k] for k in ("loss", "top1", "lr", "images_per_s")}
                 if self.main:
                     progress.update(step, fields, log)
@@ -227,6 +236,18 @@ class Trainer:
             self.folder.write_text("recipe.toml", recipe_mod.dumps(self.recipe))
             self.folder.write_text("plugins.json", json.dumps(registry.loaded_versions(), indent=2) + "\n")
             self.folder.write_text("metrics.jsonl", "")
+        if self.main and self.cfg.tensorboard:  # rank 0 writes the run folder
+            self.tensorboard = TensorBoardLog(self.folder.path)
+            self.folder.claim(*self.tensorboard.files())
+        try:
+            return self._train_and_report(t_start)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.folder.claim(*self.tensorboard.files())
+
+    def _train_and_report(self, t_start: float) -> dict[str, Any]:
+        assert self.run_dir is not None
         self._setup()
         if self.main and self.cfg.eval_at_start and self.parts.protocols:
             self.echo("evaluating the untrained model ...")
