@@ -162,7 +162,9 @@ def test_two_processes_train_like_one_with_the_double_batch(flat, tmp_path):
     steps = 6  # 4 steps per epoch: crosses into the second epoch's shuffle
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    two = _tface(["run", "--nproc-per-node", "2", str(_write_recipe(tmp_path, 8, steps, source="loggeddata"))],
+    two_recipe = _write_recipe(tmp_path, 8, steps, source="loggeddata")
+    two_recipe.write_text(two_recipe.read_text().replace("log_every = 2", "log_every = 2\ntensorboard = true"))
+    two = _tface(["run", "--nproc-per-node", "2", str(two_recipe)],
                  _env(flat, tmp_path, TFACE_TEST_HOOKS=str(hooks)), cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     # the default folder runs/<recipe>-<time>: made once by rank 0, and the path reached rank 1
@@ -187,6 +189,7 @@ def test_two_processes_train_like_one_with_the_double_batch(flat, tmp_path):
     # rank 0 alone writes the folder: every file in it is listed once by its status
     files = sorted(p.relative_to(run2).as_posix() for p in run2.rglob("*") if p.is_file())
     assert files == sorted(status["files"])
+    assert len([f for f in files if f.startswith("tensorboard/")]) == 1  # one event file, rank 0's
     assert json.loads((run2 / "report.json").read_text())["summary"]["processes"] == 2
     # hooks ran on each rank with its rank, the world size and the shared folder
     for rank in (0, 1):
