@@ -163,10 +163,14 @@ def assert_consistent(run_dir: Path) -> None:
         assert all(torch.equal(weights[k], last["backbone"][k]) for k in last["backbone"]), "backbone.pt is stale"
 
 
-@pytest.mark.parametrize("world_size", [1])  # 2 (gloo) joins once the trainer runs under torch.distributed
+@pytest.mark.parametrize("world_size", [1, 2])  # 2: two gloo processes under torch.distributed.run
 def test_killed_at_a_random_step_and_resumed_is_bit_identical(child, tmp_path, world_size):
     kill_at = random.Random(world_size).randint(6, 22)  # after the first checkpoint (step 5)
-    ref = reference(tmp_path)  # the reference of world_size > 1 is a child run too: run(ref_dir, "new", nproc=N)
+    if world_size == 1:
+        ref = reference(tmp_path)
+    else:  # the uninterrupted run with as many processes
+        ref = tmp_path / "ref"
+        assert child(ref, "new", nproc=world_size) == "done"
     run_dir = tmp_path / "run"
     assert child(run_dir, "new", f"step:{kill_at}", nproc=world_size) == "killed"
     status = json.loads((run_dir / "status.json").read_text())

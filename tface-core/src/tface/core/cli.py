@@ -143,6 +143,15 @@ def _print_table(rows: list[dict]) -> None:
         click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
 
 
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from tface.core.recipe import check_device
+
+    problem = None if value is None else check_device(value)
+    if problem:
+        raise click.BadParameter(problem)
+    return value
+
+
 @cli.command("run")
 @click.argument("recipe_path", metavar="[RECIPE]", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
@@ -158,10 +167,17 @@ def _print_table(rows: list[dict]) -> None:
               help="Continue the run in RUN_DIR from its last checkpoint, in the same folder. The recipe is "
                    "RUN_DIR's own (or RECIPE); it may differ only in train.max_steps, train.log_every, "
                    "train.checkpoint_every, train.keep_checkpoints (e.g. --set train.max_steps=2000).")
+@click.option("--device", callback=_check_device,
+              help="auto, cpu, cuda or cuda:N; overrides the recipe's device (distributed: cuda means "
+                   "cuda:LOCAL_RANK).")
+@click.option("--nproc-per-node", type=click.IntRange(1, 1024), metavar="N",
+              help="Train data-parallel in N processes on this machine, started by torch.distributed.run "
+                   "(gloo on CPU, NCCL on CUDA). Under torchrun, leave it out: the run joins torchrun's group.")
 def run_cmd(recipe_path: Path | None, overrides: tuple[str, ...], dry_run: bool, output_dir: Path | None,
-            overwrite: bool, resume_dir: Path | None) -> None:
+            overwrite: bool, resume_dir: Path | None, device: str | None, nproc_per_node: int | None) -> None:
     """Train, checkpoint, evaluate and report, as RECIPE says; or continue a run: --resume RUN_DIR."""
     from tface.core import recipe as recipe_mod
+    from tface.core.train import distributed
     from tface.core.train.rundir import RunDirError, check_run_dir
     from tface.core.train.trainer import Trainer, TrainingError, build_components
 
@@ -177,7 +193,37 @@ def run_cmd(recipe_path: Path | None, overrides: tuple[str, ...], dry_run: bool,
                                            "is missing)")
     elif recipe_path is None:
         raise click.UsageError("name a RECIPE to run, or give --resume RUN_DIR")
+    if device is not None:
+        overrides = (*overrides, f"device={json.dumps(device)}")
     recipe = recipe_mod.load(recipe_path, overrides)
+    if nproc_per_node is not None and not dry_run:
+        try:
+            launched = distributed.env_ranks() is not None
+        except distributed.DistributedError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if launched:
+            raise click.UsageError("--nproc-per-node: this process was started by torchrun (RANK and WORLD_SIZE "
+                                   "are set); drop --nproc-per-node and let torchrun start the processes")
+        folder = output_dir or recipe.output_dir
+        if folder is not None and resume_dir is None:
+            try:
+                check_run_dir(folder, overwrite, "--output-dir" if output_dir is not None else "output_dir")
+            except RunDirError as exc:
+                raise click.ClickException(str(exc)) from exc
+        worker = ["run", str(recipe_path.resolve())]
+        for item in overrides:
+            worker += ["--set", item]
+        if resume_dir is not None:
+            worker += ["--resume", str(resume_dir.resolve())]
+        if output_dir is not None:
+            worker += ["--output-dir", str(output_dir.resolve())]
+        if overwrite:
+            worker.append("--overwrite")
+        try:
+            distributed.launch(nproc_per_node, worker)
+        except TrainingError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
     if dry_run:
         parts = build_components(recipe)
         parts.check_inputs()

@@ -36,31 +36,38 @@ class HookPluginError(RuntimeError):
 
 
 class HookSpecs:
-    """Every hook the trainer calls. Arguments are passed by keyword; implementations may take a subset."""
+    """Every hook the trainer calls. Arguments are passed by keyword; implementations may take a subset.
+
+    Every life-cycle hook also gets ``rank`` and ``world_size`` (0 and 1 for a single process). In a
+    distributed run each process calls its hooks: run start, step and epoch ends on every rank; evaluation
+    and checkpoints happen on rank 0 only, so their hooks run there; run end on every rank (on the others
+    right after their last step, with no results). A logger that should write once checks ``rank == 0``.
+    """
 
     @hookspec
-    def tface_run_start(self, recipe: Any, run_dir: Path, model: Any) -> None:
+    def tface_run_start(self, recipe: Any, run_dir: Path, model: Any, rank: int, world_size: int) -> None:
         """Before the first step (after the untrained evaluation, if any)."""
 
     @hookspec
-    def tface_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        """After each optimiser step; ``metrics`` has ``loss``, ``lr`` and what was logged."""
+    def tface_step_end(self, step: int, metrics: dict[str, float], rank: int, world_size: int) -> None:
+        """After each optimiser step; ``metrics`` has ``loss``, ``lr`` and what was logged (global over ranks)."""
 
     @hookspec
-    def tface_epoch_end(self, epoch: int, step: int) -> None:
+    def tface_epoch_end(self, epoch: int, step: int, rank: int, world_size: int) -> None:
         """When the data loader has been exhausted once."""
 
     @hookspec
-    def tface_evaluation_done(self, step: int, results: list[dict[str, Any]]) -> None:
-        """After each evaluation round, with the protocol results."""
+    def tface_evaluation_done(self, step: int, results: list[dict[str, Any]], rank: int, world_size: int) -> None:
+        """After each evaluation round, with the protocol results (rank 0 only)."""
 
     @hookspec
-    def tface_checkpoint_saved(self, step: int, path: Path) -> None:
-        """After a checkpoint file has been written (atomically)."""
+    def tface_checkpoint_saved(self, step: int, path: Path, rank: int, world_size: int) -> None:
+        """After a checkpoint file has been written (atomically; rank 0 only)."""
 
     @hookspec
-    def tface_run_end(self, run_dir: Path, step: int, results: list[dict[str, Any]]) -> None:
-        """After the final evaluation and report."""
+    def tface_run_end(self, run_dir: Path, step: int, results: list[dict[str, Any]], rank: int,
+                      world_size: int) -> None:
+        """After the final evaluation and report (rank 0); after the last step (other ranks)."""
 
     @hookspec
     def tface_register_commands(self, groups: dict[str, Any]) -> None:

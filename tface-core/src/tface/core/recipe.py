@@ -26,8 +26,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Component", "DataBranch", "TrainConfig", "Recipe", "load", "loads", "apply_overrides", "dumps",
-           "BRANCH_KEYS", "SAMPLERS"]
+__all__ = ["Component", "DataBranch", "TrainConfig", "DistributedConfig", "Recipe", "load", "loads",
+           "apply_overrides", "dumps", "BRANCH_KEYS", "SAMPLERS", "BACKENDS"]
 
 _ge0 = attrs.validators.ge(0)
 _gt0 = attrs.validators.gt(0)
@@ -132,6 +132,20 @@ class TrainConfig:
             raise ValueError(f"lr_milestones must be increasing positive steps, got {value}")
 
 
+#: Process-group backends a recipe may name; "auto" is NCCL on CUDA, gloo on CPU.
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+@attrs.define
+class DistributedConfig:
+    """How the processes of a distributed run talk (the ``[distributed]`` table); unused by one process."""
+
+    backend: str = attrs.field(default="auto", validator=attrs.validators.in_(BACKENDS))
+    #: seconds a collective waits for the other processes before the run fails (torch's default: 30 min)
+    timeout: float = attrs.field(default=1800.0, validator=[_gt0, attrs.validators.le(7 * 24 * 3600)])
+    sync_bn: bool = False
+
+
 @attrs.define
 class Recipe:
     """A validated recipe. ``source`` is the file it came from (None for strings)."""
@@ -140,6 +154,7 @@ class Recipe:
     backbone: Component
     head: Component
     train: TrainConfig = attrs.field(factory=TrainConfig)
+    distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
     augment: list[Component] = attrs.field(factory=list)
     eval: list[Component] = attrs.field(factory=list)
     seed: int = 0
@@ -156,6 +171,7 @@ class Recipe:
         out["backbone"] = self.backbone.to_table()
         out["head"] = self.head.to_table()
         out["train"] = unstructure(self.train)
+        out["distributed"] = unstructure(self.distributed)
         if self.augment:
             out["augment"] = [c.to_table() for c in self.augment]
         if self.eval:
@@ -170,8 +186,15 @@ class Recipe:
 _COMPONENTS = {k.slot: k.name for k in kinds.in_recipe() if not k.many}
 _COMPONENT_LISTS = {k.slot: k.name for k in kinds.in_recipe() if k.many and k.slot != "data"}
 _DATA_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "data")
-_TOP_LEVEL = {"seed", "device", "output_dir", "train", *(k.slot for k in kinds.in_recipe())}
+_TOP_LEVEL = {"seed", "device", "output_dir", "train", "distributed", *(k.slot for k in kinds.in_recipe())}
 _DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(value: Any) -> str | None:
+    """Why ``value`` is not a device name a recipe (or ``--device``) may give; None when it is."""
+    if value in _DEVICES or (isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit()):
+        return None
+    return f"expected one of {', '.join(_DEVICES)} or \"cuda:N\", got {json.dumps(value)}"
 
 
 def _resolve_paths(value: Any, base: Path) -> Any:
@@ -289,13 +312,19 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
     except ConfigError as exc:
         problems.extend(exc.problems)
         train = None
+    try:
+        distributed = structure(DistributedConfig, raw.get("distributed", {}), "distributed")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        distributed = None
     seed, device, output_dir = raw.get("seed", 0), raw.get("device", "auto"), raw.get("output_dir")
     if not isinstance(seed, int) or isinstance(seed, bool):
         problems.append(f"seed: expected int, got {json.dumps(seed)}")
     elif not 0 <= seed <= INT_MAX:  # what torch.manual_seed and the samplers' generators accept
         problems.append(f"seed: {seed} is out of range (a seed must lie in 0 .. 2**63-1)")
-    if device not in _DEVICES and not (isinstance(device, str) and device.startswith("cuda:")):
-        problems.append(f"device: expected one of {', '.join(_DEVICES)} or \"cuda:N\", got {json.dumps(device)}")
+    problem = check_device(device)
+    if problem:
+        problems.append(f"device: {problem}")
     if output_dir is not None and not isinstance(output_dir, str):
         problems.append(f"output_dir: expected string, got {json.dumps(output_dir)}")
     if train is not None and parts["data"]:
@@ -312,6 +341,7 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
         backbone=parts["backbone"],
         head=parts["head"],
         train=train,
+        distributed=distributed,
         augment=parts["augment"],
         eval=parts["eval"],
         seed=seed,

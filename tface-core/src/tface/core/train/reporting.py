@@ -36,11 +36,18 @@ def memory_mb(device: torch.device | None = None) -> dict[str, float]:
 
 
 class MetricsWindow:
-    """Losses and top-1 accumulated since the last log line, per branch and in total."""
+    """Losses and top-1 accumulated since the last log line, per branch and in total.
 
-    def __init__(self, names: Sequence[str], device: torch.device | None = None):
+    ``reduce`` sums a list of numbers over the processes of a distributed run (every process calls
+    :meth:`record` at the same steps), so the record describes the global batch, not one process's share;
+    the peak memory is this process's (rank 0's in ``metrics.jsonl``).
+    """
+
+    def __init__(self, names: Sequence[str], device: torch.device | None = None,
+                 reduce: Callable[[list[float]], list[float]] | None = None):
         self.names = list(names)
         self.device = device
+        self.reduce = reduce
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
@@ -69,20 +76,25 @@ class MetricsWindow:
 
     def record(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
         """The ``metrics.jsonl`` line for the window ending at ``step``; starts a new window."""
+        flat = [self.total, float(self.steps), *(float(v) for n in self.names for v in self.branches[n])]
+        if self.reduce is not None:
+            flat = self.reduce(flat)
         now = time.perf_counter()
-        seen = sum(w[2] for w in self.branches.values())
+        total, steps = flat[0], flat[1]
+        branches = {n: flat[2 + 3 * i: 5 + 3 * i] for i, n in enumerate(self.names)}
+        seen = sum(w[2] for w in branches.values())
         record: dict[str, Any] = {
             "step": step,
             "epoch": epoch,
-            "loss": self.total / self.steps,
-            "top1": 100.0 * sum(w[1] for w in self.branches.values()) / seen,
+            "loss": total / steps,
+            "top1": 100.0 * sum(w[1] for w in branches.values()) / seen,
             "lr": lr,
             "images_per_s": seen / max(now - self.t0, 1e-9),
             **memory_mb(self.device),
         }
         if len(self.names) > 1:
             record["branches"] = {n: {"loss": w[0] / w[2], "top1": 100.0 * w[1] / w[2]}
-                                  for n, w in self.branches.items()}
+                                  for n, w in branches.items()}
         self._reset(now)
         return record
 

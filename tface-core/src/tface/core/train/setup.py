@@ -6,10 +6,11 @@ step engine, the training state and the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -23,15 +24,29 @@ from tface.core.train.components import Components, Compose
 from tface.core.train.errors import TrainingError
 from tface.core.train.optim import build_optimizer, build_scheduler
 
+if TYPE_CHECKING:
+    from tface.core.train.distributed import World
+
 __all__ = ["TrainingSetup", "build_training", "resolve_device", "embedding_size_of"]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device of this process: ``auto`` is CUDA when available; in a process group (``local_rank`` given)
+    a CUDA run puts each process on ``cuda:LOCAL_RANK``."""
+    cuda = torch.cuda.is_available()
+    if name.startswith("cuda") and not cuda:
         raise TrainingError(f"device = {name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+    if name == "auto":
+        name = "cuda" if cuda else "cpu"
+    if local_rank is None or name == "cpu":
+        return torch.device(name)
+    if name != "cuda":
+        raise TrainingError(f"device = {name!r}: in a distributed run each process trains on cuda:LOCAL_RANK; "
+                            'use device = "cuda" (or "auto") and CUDA_VISIBLE_DEVICES to choose the GPUs')
+    if local_rank >= torch.cuda.device_count():
+        raise TrainingError(f"LOCAL_RANK = {local_rank} but this machine shows {torch.cuda.device_count()} "
+                            "CUDA device(s); start at most one process per GPU")
+    return torch.device("cuda", local_rank)
 
 
 def embedding_size_of(backbone: nn.Module) -> int:
@@ -59,6 +74,15 @@ class TrainingSetup:
     #: more parts with a state a checkpoint saves and a resumed run restores (``state_dict`` and
     #: ``load_state_dict``), by name: e.g. the grad scaler, the EMA weights
     extra_state: dict[str, Any] = attrs.field(factory=dict)
+    #: this process in the run (:mod:`~tface.core.train.distributed`); 0, 1, 0 for a single process
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    #: the module the step engine calls for the forward (backbone + classifiers; DDP-wrapped in a process group);
+    #: None: the engine builds the plain one
+    train_module: nn.Module | None = None
+    #: ``sync_context(last)``: a context manager around each micro-batch's backward (DDP's ``no_sync`` unless last)
+    sync_context: Callable[[bool], contextlib.AbstractContextManager] = lambda last: contextlib.nullcontext()
 
 
 def _branch_specs(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]) -> list[BranchSpec]:
@@ -94,15 +118,34 @@ def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[Branc
     return nn.ModuleDict({s.name: Classifier(int(s.dataset.num_classes), emb, head) for s, head in zip(specs, heads)})
 
 
+def _prepare_data(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]
+                  ) -> tuple[list[BranchSpec], dict[str, dict[str, Path]]]:
+    """The training data sets and the evaluation files the sources provide (generated into caches if needed)."""
+    specs = _branch_specs(recipe, parts, echo)
+    provided: dict[str, dict[str, Path]] = {}
+    for source in parts.sources:
+        for proto, sets in source.eval_sets().items():
+            provided.setdefault(proto, {}).update(sets)
+    return specs, provided
+
+
 def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.device,
-                   echo: Callable[[str], None]) -> TrainingSetup:
-    """Read (or generate) the data, then build the models, the optimiser, the schedule and the loader."""
+                   echo: Callable[[str], None], world: World | None = None) -> TrainingSetup:
+    """Read (or generate) the data, then build the models, the optimiser, the schedule and the loader.
+
+    In a process group (``world``) rank 0 prepares the data first (SynthFace fills its cache) while the others
+    wait, then they read it; each process's samplers take its rank-strided share.
+    """
     cfg = recipe.train
+    rank, world_size = (world.rank, world.world_size) if world is not None else (0, 1)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     echo("preparing data ...")
     t0 = time.perf_counter()
-    specs = _branch_specs(recipe, parts, echo)
+    if world is not None:
+        specs, provided = world.main_first(lambda: _prepare_data(recipe, parts, echo), "preparing the data")
+    else:
+        specs, provided = _prepare_data(recipe, parts, echo)
     data_seconds = time.perf_counter() - t0
     backbone = parts.backbone.to(device)
     if cfg.channels_last:  # faster depthwise/1x1 convolutions on CPUs and tensor cores
@@ -114,16 +157,16 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     optimizer = build_optimizer(cfg, [backbone, classifiers])
     scheduler = build_scheduler(cfg, optimizer)
     try:
-        loader = BranchLoader(specs, num_workers=cfg.num_workers, seed=recipe.seed, pin_memory=device.type == "cuda")
+        loader = BranchLoader(specs, num_workers=cfg.num_workers, seed=recipe.seed, pin_memory=device.type == "cuda",
+                              num_replicas=world_size, rank=rank)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
-    provided: dict[str, dict[str, Path]] = {}
-    for source in parts.sources:
-        for proto, sets in source.eval_sets().items():
-            provided.setdefault(proto, {}).update(sets)
     sizes = ", ".join(f"{s.name}: {len(s.dataset):,} images, {int(s.dataset.num_classes):,} classes" for s in specs)
-    echo(f"data: {sizes} ({data_seconds:.1f}s); device: {device}; steps: {cfg.max_steps}, {len(loader)} per epoch")
+    procs = f" x {world_size} processes" if world_size > 1 else ""
+    echo(f"data: {sizes} ({data_seconds:.1f}s); device: {device}{procs}; steps: {cfg.max_steps}, "
+         f"{len(loader)} per epoch")
     return TrainingSetup(device=device, backbone=backbone, classifiers=classifiers,
                          weights={s.name: s.weight for s in specs}, optimizer=optimizer, scheduler=scheduler,
                          loader=loader, memory_format=memory_format, info=info, eval_provided=provided,
-                         data_seconds=data_seconds)
+                         data_seconds=data_seconds, rank=rank, world_size=world_size,
+                         local_rank=world.local_rank if world is not None else 0)

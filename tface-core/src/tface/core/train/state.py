@@ -126,7 +126,8 @@ def collect(setup: TrainingSetup, recipe: recipe_mod.Recipe, step: int, epoch: i
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict(),
         "loader": setup.loader.state_dict(),
-        "metrics": dict(metrics) if metrics is not None else None,
+        # each rank's open metric window (its own share of the global batch), indexed by rank
+        "metrics": _gather(dict(metrics) if metrics is not None else None, world),
         "results": [dict(r) for r in results],
         # other parts of the run with a state (grad scaler, EMA, ...) register in setup.extra_state
         "extra": {name: obj.state_dict() for name, obj in setup.extra_state.items()},
