@@ -36,12 +36,33 @@ MAX_PARALLEL = 1024
 
 
 @attrs.define
+class StartWeights:
+    """Weights a run starts from, to fine-tune a trained model (``checkpoint = "path"``, ``strict = true``).
+
+    ``strict``: every tensor of the model must come from the file and the file may hold nothing else;
+    ``strict = false`` loads what fits and the run's log lists what did not.
+    """
+
+    checkpoint: pathlib.Path | None = None
+    strict: bool = True
+
+    def to_table(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.checkpoint), "strict": self.strict} if self.checkpoint is not None else {}
+
+
+#: Keys of a ``[backbone]`` or ``[classifier]`` table that name the weights to start from (not component options).
+WEIGHT_KEYS = ("checkpoint", "strict")
+
+
+@attrs.define
 class Component:
     """A registry name plus its validated options (defaults filled in)."""
 
     kind: str
     name: str
     options: dict[str, Any] = attrs.field(factory=dict)
+    #: weights to start from (``[backbone] checkpoint``); only backbones take them
+    weights: StartWeights = attrs.field(factory=StartWeights)
 
     def build(self, key: str | None = None, **extra: Any) -> Any:
         """Instantiate the component; ``extra`` carries run-time arguments (e.g. ``num_classes``).
@@ -57,7 +78,7 @@ class Component:
                                f"{type(exc).__name__}: {exc}"]) from exc
 
     def to_table(self) -> dict[str, Any]:
-        return {"name": self.name, **unstructure(self.options)}
+        return {"name": self.name, **unstructure(self.options), **self.weights.to_table()}
 
 
 SAMPLERS = ("shuffle", "balanced")
@@ -155,6 +176,8 @@ class Recipe:
     head: Component
     train: TrainConfig = attrs.field(factory=TrainConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
+    #: the ``[classifier]`` table: the class centres (and head state) to start from
+    classifier: StartWeights = attrs.field(factory=StartWeights)
     augment: list[Component] = attrs.field(factory=list)
     eval: list[Component] = attrs.field(factory=list)
     seed: int = 0
@@ -170,6 +193,8 @@ class Recipe:
         out["data"] = tables[0] if len(tables) == 1 and not self.data[0].explicit else tables
         out["backbone"] = self.backbone.to_table()
         out["head"] = self.head.to_table()
+        if self.classifier.checkpoint is not None:
+            out["classifier"] = self.classifier.to_table()
         out["train"] = unstructure(self.train)
         out["distributed"] = unstructure(self.distributed)
         if self.augment:
@@ -186,7 +211,8 @@ class Recipe:
 _COMPONENTS = {k.slot: k.name for k in kinds.in_recipe() if not k.many}
 _COMPONENT_LISTS = {k.slot: k.name for k in kinds.in_recipe() if k.many and k.slot != "data"}
 _DATA_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "data")
-_TOP_LEVEL = {"seed", "device", "output_dir", "train", "distributed", *(k.slot for k in kinds.in_recipe())}
+_TOP_LEVEL = {"seed", "device", "output_dir", "train", "distributed", "classifier",
+              *(k.slot for k in kinds.in_recipe())}
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -222,14 +248,29 @@ def _component(kind: str, table: Any, path: str, base: Path, problems: list[str]
     except registry.RegistryError as exc:
         problems.append(f"{path}.name: {exc}")
         return None
-    options = {k: v for k, v in table.items() if k != "name"}
+    takes_weights = kind == "backbones"
+    options = {k: v for k, v in table.items() if k != "name" and not (takes_weights and k in WEIGHT_KEYS)}
+    weights = _start_weights({k: v for k, v in table.items() if takes_weights and k in WEIGHT_KEYS}, path, base,
+                             problems)
     try:
         kwargs = validate_options(obj, options, path)
     except ConfigError as exc:
         problems.extend(exc.problems)
         return None
     kwargs = {k: _resolve_paths(v, base) for k, v in kwargs.items()}
-    return Component(kind, name, kwargs)
+    return Component(kind, name, kwargs, weights if weights is not None else StartWeights())
+
+
+def _start_weights(table: Any, path: str, base: Path, problems: list[str]) -> StartWeights | None:
+    """The ``checkpoint``/``strict`` keys of a table; a relative path resolves against the recipe's folder."""
+    try:
+        weights = structure(StartWeights, table, path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+    if weights.checkpoint is not None:
+        weights.checkpoint = _resolve_paths(weights.checkpoint, base)
+    return weights
 
 
 def _branches(raw: Any, base: Path, problems: list[str]) -> list[DataBranch] | None:
@@ -312,6 +353,7 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
     except ConfigError as exc:
         problems.extend(exc.problems)
         train = None
+    classifier = _start_weights(raw.get("classifier", {}), "classifier", base, problems)
     try:
         distributed = structure(DistributedConfig, raw.get("distributed", {}), "distributed")
     except ConfigError as exc:
@@ -342,6 +384,7 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
         head=parts["head"],
         train=train,
         distributed=distributed,
+        classifier=classifier,
         augment=parts["augment"],
         eval=parts["eval"],
         seed=seed,

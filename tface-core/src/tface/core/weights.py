@@ -39,6 +39,7 @@ __all__ = [
     "WeightsError",
     "WeightsMismatchError",
     "load_into",
+    "read_file",
     "read_weights",
     "unwrap_model",
 ]
@@ -148,6 +149,11 @@ def _load_file(path: Path) -> Any:
     except Exception as exc:  # truncated, not a torch file, unreadable: torch raises many types
         first = (str(exc).strip().splitlines() or [""])[0]
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first})") from exc
+
+
+def read_file(path: str | os.PathLike) -> Any:
+    """The whole content of a weights file (``weights_only``), for callers that pick entries themselves."""
+    return _load_file(Path(path))
 
 
 def _step_of(obj: Mapping[str, Any]) -> int | None:

@@ -13,6 +13,7 @@ from tface.core import recipe as recipe_mod
 from tface.core.backbone import backbone_info
 from tface.core.config import ConfigError
 from tface.core.protocol import check_inputs as protocol_inputs
+from tface.core.train.finetune import check_start_weights
 
 __all__ = ["Compose", "Components", "build_components"]
 
@@ -59,6 +60,7 @@ class Components:
         """
         problems = [f"{key}.{p}" for key, src in zip(self.data_keys, self.sources) for p in src.check_inputs()]
         problems += [f"eval[{i}].{p}" for i, proto in enumerate(self.protocols) for p in protocol_inputs(proto)]
+        problems += check_start_weights(self.recipe)
         if problems:
             where = self.recipe.source
             raise ConfigError([f"{where}: {p}" if where is not None else p for p in problems])

@@ -22,6 +22,7 @@ from tface.core.classifier import Classifier
 from tface.core.data.branches import BranchLoader, BranchSpec
 from tface.core.train.components import Components, Compose
 from tface.core.train.errors import TrainingError
+from tface.core.train.finetune import load_start_weights
 from tface.core.train.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     info = backbone_info(backbone, recipe.backbone.name)
     emb = info.embedding_size
     classifiers = _classifiers(recipe, parts, specs, emb).to(device)
+    load_start_weights(recipe, backbone, classifiers, echo)  # fine-tuning: before the optimiser exists
     optimizer = build_optimizer(cfg, [backbone, classifiers])
     scheduler = build_scheduler(cfg, optimizer)
     try:
