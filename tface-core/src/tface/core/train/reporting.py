@@ -25,8 +25,14 @@ class MetricsWindow:
     def _reset(self, now: float) -> None:
         self.branches = {n: [0.0, 0, 0] for n in self.names}  # loss * seen, correct, seen
         self.total, self.steps, self.t0 = 0.0, 0, now
+        self.skipped, self.grad_norms = 0, []
 
     def add(self, result: StepResult) -> None:
+        if result.skipped:  # its numbers are non-finite; only the count is reported
+            self.skipped += 1
+            return
+        if result.grad_norm is not None:
+            self.grad_norms.append(result.grad_norm)
         for n, (branch_loss, correct, seen) in result.branches.items():
             w = self.branches[n]
             w[0] += branch_loss * seen
@@ -47,6 +53,10 @@ class MetricsWindow:
             "lr": lr,
             "images_per_s": seen / max(now - self.t0, 1e-9),
         }
+        if self.grad_norms:  # the mean norm before clipping
+            record["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+        if self.skipped:  # steps dropped under on_nonfinite = "skip" since the last line
+            record["skipped_steps"] = self.skipped
         if len(self.names) > 1:
             record["branches"] = {n: {"loss": w[0] / w[2], "top1": 100.0 * w[1] / w[2]}
                                   for n, w in self.branches.items()}

@@ -6,8 +6,10 @@ step engine, the training state and the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import attrs
@@ -18,10 +20,11 @@ from tface.core import recipe as recipe_mod
 from tface.core.classifier import Classifier
 from tface.core.data.branches import BranchLoader, BranchSpec
 from tface.core.train.components import Components, Compose
+from tface.core.train.ema import EMA
 from tface.core.train.errors import TrainingError
 from tface.core.train.optim import build_optimizer, build_scheduler
 
-__all__ = ["TrainingSetup", "build_training", "resolve_device", "embedding_size_of"]
+__all__ = ["TrainingSetup", "build_training", "check_precision", "resolve_device", "embedding_size_of"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,6 +62,23 @@ class TrainingSetup:
     #: evaluation files the data sources provide, per protocol name
     eval_provided: dict[str, dict[str, Path]]
     data_seconds: float
+    #: the ``[train]`` table: precision, accumulation, clipping and the NaN policy the engine follows
+    cfg: recipe_mod.TrainConfig = attrs.field(factory=recipe_mod.TrainConfig)
+    #: the backbone's training forward: ``torch.compile(backbone)`` under ``train.compile``, else None (the
+    #: backbone itself); it shares its parameters with ``backbone``, which evaluation and checkpoints use
+    compiled: nn.Module | None = None
+    #: fp16's loss scaler (GPU only); None in fp32 and bf16
+    scaler: torch.amp.GradScaler | None = None
+    #: the moving average of the backbone's weights (``train.ema_decay``), or None
+    ema: EMA | None = None
+    #: context around each micro-batch's backward; ``last`` is False for all but a step's last micro-batch
+    #: (DDP's ``no_sync`` there skips the gradient all-reduce of the micro-batches before the last)
+    sync_context: Callable[[bool], AbstractContextManager] = lambda last: contextlib.nullcontext()
+
+    @property
+    def eval_backbone(self) -> nn.Module:
+        """The weights evaluation and the exported ``backbone.pt`` use: the EMA's when it is on."""
+        return self.ema.module if self.ema is not None else self.backbone
 
 
 def _branch_specs(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]) -> list[BranchSpec]:
@@ -94,10 +114,20 @@ def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[Branc
     return nn.ModuleDict({s.name: Classifier(int(s.dataset.num_classes), emb, head) for s, head in zip(specs, heads)})
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot run, before any data is prepared."""
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainingError(f'train.precision = "fp16" needs a CUDA device (this run\'s device is {device.type}); '
+                            'use "bf16" on the CPU')
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError('train.precision = "bf16" but this GPU does not support bfloat16; use "fp16"')
+
+
 def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.device,
                    echo: Callable[[str], None]) -> TrainingSetup:
     """Read (or generate) the data, then build the models, the optimiser, the schedule and the loader."""
     cfg = recipe.train
+    check_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     echo("preparing data ...")
@@ -112,6 +142,10 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     classifiers = _classifiers(recipe, parts, specs, emb).to(device)
     optimizer = build_optimizer(cfg, [backbone, classifiers])
     scheduler = build_scheduler(cfg, optimizer)
+    # compiled lazily, at the first step; shares the parameters, so state_dict keys stay plain
+    compiled = torch.compile(backbone) if cfg.compile else None
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    ema = EMA(backbone, cfg.ema_decay) if cfg.ema_decay else None
     try:
         loader = BranchLoader(specs, num_workers=cfg.num_workers, seed=recipe.seed, pin_memory=device.type == "cuda")
     except ValueError as exc:
@@ -125,4 +159,4 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     return TrainingSetup(device=device, backbone=backbone, classifiers=classifiers,
                          weights={s.name: s.weight for s in specs}, optimizer=optimizer, scheduler=scheduler,
                          loader=loader, memory_format=memory_format, eval_provided=provided,
-                         data_seconds=data_seconds)
+                         data_seconds=data_seconds, cfg=cfg, compiled=compiled, scaler=scaler, ema=ema)

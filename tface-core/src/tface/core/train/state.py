@@ -33,6 +33,9 @@ def collect(setup: TrainingSetup, recipe: recipe_mod.Recipe, step: int, epoch: i
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict(),
         "recipe": recipe_mod.dumps(recipe),
+        # fp16's loss scale and the EMA weights (None when off); backbone.pt gets the EMA weights when on
+        "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
+        "ema": setup.ema.state_dict() if setup.ema is not None else None,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "numpy": [int(x) for x in np.random.get_state()[1]]},
     }
@@ -43,5 +46,5 @@ def save(folder: RunDir, state: dict[str, Any]) -> Path:
     ckpt_dir = folder.path / "checkpoints"
     folder.claim(ckpt_dir / "last.pt", ckpt_dir / "backbone.pt")
     path = checkpoint.save(ckpt_dir / "last.pt", state)
-    checkpoint.save(ckpt_dir / "backbone.pt", state["backbone"])
+    checkpoint.save(ckpt_dir / "backbone.pt", state["ema"]["module"] if state.get("ema") else state["backbone"])
     return path

@@ -26,7 +26,7 @@ from tface.core.train.engine import StepEngine
 from tface.core.train.errors import TrainingError
 from tface.core.train.progress import Progress
 from tface.core.train.reporting import MetricsWindow, append_metrics, write_final_reports
-from tface.core.train.setup import build_training, embedding_size_of, resolve_device
+from tface.core.train.setup import build_training, check_precision, embedding_size_of, resolve_device
 
 __all__ = ["Components", "build_components", "Trainer", "TrainingError", "resolve_device", "embedding_size_of"]
 
@@ -80,6 +80,7 @@ class Trainer:
         """Seed, build and check every component; only then create (or clear) the run folder."""
         state.seed_all(self.recipe.seed)
         self.device = resolve_device(self.recipe.device)
+        check_precision(self.cfg.precision, self.device)
         self.parts = build_components(self.recipe)
         self.parts.check_inputs()
         if self.run_dir_arg is not None:
@@ -108,7 +109,7 @@ class Trainer:
         results: list[dict[str, Any]] = []
         ctx = EvalContext(device=self.device, step=step, provided=self.setup.eval_provided)
         for proto in self.parts.protocols:
-            for r in proto.evaluate(self.backbone, ctx):
+            for r in proto.evaluate(self.setup.eval_backbone, ctx):
                 results.append({"stage": stage, **r})
         if results:
             self.pm.hook.tface_evaluation_done(step=step, results=results)
@@ -129,9 +130,17 @@ class Trainer:
         self.backbone.train()
         self.classifiers.train()
         window = MetricsWindow([s.name for s in self.loader.specs])
+        micro: list = []  # the batches of the next step; train.accumulate of them, across epoch ends
         while step < cfg.max_steps:
             for batch in _data_errors(self.loader, lambda: step + 1):  # noqa: B023 - read when an error happens
-                result = self.engine.step(batch, step + 1)
+                micro.append(batch)
+                if len(micro) < cfg.accumulate:
+                    continue
+                result = self.engine.step(micro, step + 1)
+                micro = []
+                if result.skipped:  # on_nonfinite = "skip": no update, so not a step; counted in the window
+                    window.add(result)
+                    continue
                 step += 1
                 self.step = step
                 window.add(result)
@@ -197,6 +206,9 @@ class Trainer:
             "total_seconds": round(time.perf_counter() - t_start, 2),
             "device": str(self.device),
         }
+        if self.engine.skipped:
+            summary["skipped_steps"] = self.engine.skipped
+            self.echo(f"skipped steps with a non-finite loss: {self.engine.skipped} (train.on_nonfinite = \"skip\")")
         skipped = self.loader.skipped
         if any(skipped.values()):
             summary["skipped_samples"] = skipped
