@@ -26,7 +26,7 @@ from tface.core.train import checkpoint
 from tface.core.train.ema import EMA
 from tface.core.train.engine import MAX_CONSECUTIVE_SKIPS, StepEngine
 from tface.core.train.optim import build_optimizer, build_scheduler
-from tface.core.train.setup import TrainingSetup
+from tface.core.train.setup import TrainingSetup, optimisation_parts
 from tface.core.train.trainer import Trainer, TrainingError
 
 
@@ -47,11 +47,10 @@ def make_setup(backbone: nn.Module, classes: int = 5, **train) -> TrainingSetup:
     cfg = recipe.TrainConfig(**train)
     torch.manual_seed(0)
     classifiers = nn.ModuleDict({"a": Classifier(classes, 6, MarginOnly())})
-    optimizer = build_optimizer(cfg, [backbone, classifiers])
-    return TrainingSetup(device=torch.device("cpu"), backbone=backbone, classifiers=classifiers, weights={"a": 1.0},
-                         optimizer=optimizer, scheduler=build_scheduler(cfg, optimizer), loader=None,
+    cpu = torch.device("cpu")
+    return TrainingSetup(device=cpu, backbone=backbone, classifiers=classifiers, weights={"a": 1.0}, loader=None,
                          memory_format=torch.contiguous_format, eval_provided={}, data_seconds=0.0, cfg=cfg,
-                         ema=EMA(backbone, cfg.ema_decay) if cfg.ema_decay else None)
+                         **optimisation_parts(cfg, backbone, classifiers, cpu))
 
 
 def linear_net() -> nn.Module:

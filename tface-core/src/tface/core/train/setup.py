@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -24,7 +25,8 @@ from tface.core.train.ema import EMA
 from tface.core.train.errors import TrainingError
 from tface.core.train.optim import build_optimizer, build_scheduler
 
-__all__ = ["TrainingSetup", "build_training", "check_precision", "resolve_device", "embedding_size_of"]
+__all__ = ["TrainingSetup", "build_training", "check_precision", "optimisation_parts", "resolve_device",
+           "embedding_size_of"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,6 +125,20 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise TrainingError('train.precision = "bf16" but this GPU does not support bfloat16; use "fp16"')
 
 
+def optimisation_parts(cfg: recipe_mod.TrainConfig, backbone: nn.Module, classifiers: nn.Module,
+                       device: torch.device) -> dict[str, Any]:
+    """The optimiser, schedule, compiled forward, fp16 scaler and EMA of ``[train]`` (TrainingSetup fields)."""
+    optimizer = build_optimizer(cfg, [backbone, classifiers])
+    return {
+        "optimizer": optimizer,
+        "scheduler": build_scheduler(cfg, optimizer),
+        # compiled lazily, at the first step; shares the parameters, so state_dict keys stay plain
+        "compiled": torch.compile(backbone) if cfg.compile else None,
+        "scaler": torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
+        "ema": EMA(backbone, cfg.ema_decay) if cfg.ema_decay else None,
+    }
+
+
 def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.device,
                    echo: Callable[[str], None]) -> TrainingSetup:
     """Read (or generate) the data, then build the models, the optimiser, the schedule and the loader."""
@@ -140,12 +156,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     emb = embedding_size_of(backbone)
     classifiers = _classifiers(recipe, parts, specs, emb).to(device)
-    optimizer = build_optimizer(cfg, [backbone, classifiers])
-    scheduler = build_scheduler(cfg, optimizer)
-    # compiled lazily, at the first step; shares the parameters, so state_dict keys stay plain
-    compiled = torch.compile(backbone) if cfg.compile else None
-    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-    ema = EMA(backbone, cfg.ema_decay) if cfg.ema_decay else None
+    optimisation = optimisation_parts(cfg, backbone, classifiers, device)
     try:
         loader = BranchLoader(specs, num_workers=cfg.num_workers, seed=recipe.seed, pin_memory=device.type == "cuda")
     except ValueError as exc:
@@ -157,6 +168,5 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     sizes = ", ".join(f"{s.name}: {len(s.dataset):,} images, {int(s.dataset.num_classes):,} classes" for s in specs)
     echo(f"data: {sizes} ({data_seconds:.1f}s); device: {device}; steps: {cfg.max_steps}, {len(loader)} per epoch")
     return TrainingSetup(device=device, backbone=backbone, classifiers=classifiers,
-                         weights={s.name: s.weight for s in specs}, optimizer=optimizer, scheduler=scheduler,
-                         loader=loader, memory_format=memory_format, eval_provided=provided,
-                         data_seconds=data_seconds, cfg=cfg, compiled=compiled, scaler=scaler, ema=ema)
+                         weights={s.name: s.weight for s in specs}, loader=loader, memory_format=memory_format,
+                         eval_provided=provided, data_seconds=data_seconds, cfg=cfg, **optimisation)
