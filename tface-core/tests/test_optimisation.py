@@ -391,3 +391,24 @@ def test_trainer_takes_accumulate_batches_per_step_across_epochs(toy_plugins, tm
     assert rec.events == [(1, 1), (2, 2)]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_compile_trains_through_the_compiled_forward(toy_plugins, tmp_path, monkeypatch):
+    """The wiring only: compiling for real takes a minute even for the toy on 2 cores (bench/train_step.py --compile
+    compiles MobileFaceNet). Training goes through torch.compile's module, evaluation and checkpoints do not."""
+    calls: list[int] = []
+
+    def fake_compile(model, **options):
+        def forward(x):
+            calls.append(len(x))
+            return model(x)
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run = tmp_path / "run"
+    Trainer(toy_recipe(tmp_path, ["train.compile=true", "train.max_steps=3", "train.channels_last=true"]), run,
+            echo=lambda m: None).run()
+    assert calls == [16, 16, 16]
+    assert set(checkpoint.load(run / "checkpoints" / "backbone.pt")) == {
+        "net.2.weight", "net.2.bias", "net.3.weight", "net.3.bias", "net.3.running_mean", "net.3.running_var",
+        "net.3.num_batches_tracked", "net.4.weight", "net.5.weight", "net.5.bias"}
