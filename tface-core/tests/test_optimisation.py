@@ -27,6 +27,7 @@ from tface.core.train.ema import EMA
 from tface.core.train.engine import MAX_CONSECUTIVE_SKIPS, StepEngine
 from tface.core.train.optim import build_optimizer, build_scheduler
 from tface.core.train.setup import TrainingSetup, optimisation_parts
+from tface.core.train.state import collect
 from tface.core.train.trainer import Trainer, TrainingError
 
 
@@ -271,6 +272,31 @@ def test_fp16_on_cpu_is_refused_before_the_run_folder(toy_plugins, tmp_path):
     with pytest.raises(TrainingError, match=r'train.precision = "fp16" needs a CUDA device .*use "bf16" on the CPU'):
         Trainer(toy_recipe(tmp_path, ['train.precision="fp16"']), tmp_path / "run", echo=lambda m: None).run()
     assert not (tmp_path / "run").exists()
+
+
+def test_fp16_step_scales_the_loss_and_clips_the_unscaled_gradient(toy_plugins, tmp_path):
+    """The engine is device-agnostic, so its fp16 path runs here on the CPU (the trainer allows fp16 on GPUs only)."""
+    fp32 = make_setup(linear_net(), clip_grad_norm=0.05)
+    fp16 = make_setup(linear_net(), clip_grad_norm=0.05, precision="fp16")
+    assert fp16.scaler is not None and fp32.scaler is None
+    fp16.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)  # the default 65536 overflows this toy at first
+    data = [batch(16, 0), batch(16, 1)]
+    r32, r16 = StepEngine(fp32).step(data, 1), StepEngine(fp16).step(data, 1)
+    assert r16.grad_norm == pytest.approx(r32.grad_norm, rel=1e-2)  # unscaled before clipping
+    for p32, p16 in zip(params(fp32), params(fp16)):
+        torch.testing.assert_close(p16, p32, rtol=1e-2, atol=1e-4)
+    state = collect(fp16, toy_recipe(tmp_path), 1, 0)
+    assert state["scaler"]["scale"] == 256.0 and state["scaler"]["_growth_tracker"] == 1 and state["ema"] is None
+
+
+def test_fp16_overflow_is_the_scalers_business():
+    setup = make_setup(linear_net(), precision="fp16")
+    setup.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)  # the fp16 gradients overflow
+    before = params(setup)
+    result = StepEngine(setup).step([batch(16, 0)], 1)
+    assert not result.skipped and math.isfinite(result.loss)
+    assert all(torch.equal(a, b) for a, b in zip(before, params(setup)))  # the scaler skipped the update
+    assert setup.scaler.get_scale() == 2.0**99 and setup.scheduler.last_epoch == 1  # a step like any other
 
 
 # -- EMA -------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 
 import attrs
@@ -124,7 +125,11 @@ class StepEngine:
         else:
             s.optimizer.step()
         lr = s.optimizer.param_groups[0]["lr"]
-        s.scheduler.step()
+        with warnings.catch_warnings():
+            # when the scaler skipped the very first update, PyTorch warns that the schedule steps before the
+            # optimiser; an overflow step is a step like any other here (PyTorch's AMP recipe)
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            s.scheduler.step()
         if s.ema is not None:
             s.ema.update(s.backbone)
         self.consecutive_skips = 0
