@@ -1,13 +1,16 @@
 """Training-step throughput of tface's StepEngine against a hand-written plain PyTorch loop, same process.
 
 MobileFaceNet + ArcFace (both from the registry), SGD with momentum and weight decay (none on norms, PReLU and
-biases), a warm-up schedule, batch 128 of 112×112 uint8 images held in memory. The plain loop does the same
+biases), a warm-up schedule, batches of 112×112 uint8 images held in memory. The plain loop does the same
 maths by hand (normalise, backbone, ArcFace logits, cross-entropy, SGD, schedule); the engine adds its
 bookkeeping (per-branch loss and top-1, the NaN check). Also bf16 autocast, channels-last and (``--compile``)
 torch.compile + channels-last, each against the engine in fp32. Every variant runs one step per round, round
 after round, so a busy machine slows them alike; the median step of each is reported.
 
-    python bench/train_step.py [--batch 128] [--classes 1000] [--rounds 3] [--threads 2] [--compile]
+    python bench/train_step.py [--batch 32] [--classes 1000] [--rounds 2] [--threads 2] [--no-modes] [--compile]
+
+The default run (batch 32) takes about 3 minutes on 2 busy cores; `--batch 128 --rounds 3` is the size the
+issue states its goal for (about 20 minutes there).
 """
 
 from __future__ import annotations
@@ -85,9 +88,9 @@ class Engine:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32, help="images per step (the goal is stated for 128)")
     ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3, help="timed steps per variant (after one warm-up step)")
+    ap.add_argument("--rounds", type=int, default=2, help="timed steps per variant (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-modes", action="store_true", help="only plain vs engine in fp32 (skip bf16, channels-last)")
     ap.add_argument("--compile", action="store_true",
