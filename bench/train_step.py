@@ -9,8 +9,9 @@ after round, so a busy machine slows them alike; the median step of each is repo
 
     python bench/train_step.py [--batch 32] [--classes 1000] [--rounds 2] [--threads 2] [--no-modes] [--compile]
 
-The default run (batch 32) takes about 3 minutes on 2 busy cores; `--batch 128 --rounds 3` is the size the
-issue states its goal for (about 20 minutes there).
+The default run (batch 32, 12 steps) takes a few minutes on 2 cores: about 6 while they were shared by
+several test suites (this process got a quarter of them). `--batch 128 --rounds 3` is the size the goal is
+stated for (20 minutes there); `--compile` adds several minutes of compiling.
 """
 
 from __future__ import annotations
