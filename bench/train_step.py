@@ -9,8 +9,8 @@ after round, so a busy machine slows them alike; the median step of each is repo
 
     python bench/train_step.py [--batch 32] [--classes 1000] [--rounds 2] [--threads 2] [--no-modes] [--compile]
 
-The default run (batch 32, 12 steps) takes a few minutes on 2 cores: about 6 while they were shared by
-several test suites (this process got a quarter of them). `--batch 128 --rounds 3` is the size the goal is
+The default run (batch 32, 12 steps) takes 1.5 minutes on 2 quiet cores, about 6 while they were shared by
+several test suites. `--batch 128 --rounds 3` is the size the goal is
 stated for (20 minutes there); `--compile` adds several minutes of compiling.
 """
 
