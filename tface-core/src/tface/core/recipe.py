@@ -29,6 +29,11 @@ else:  # pragma: no cover
 __all__ = ["Component", "DataBranch", "TrainConfig", "DistributedConfig", "Recipe", "load", "loads",
            "apply_overrides", "dumps", "BRANCH_KEYS", "SAMPLERS", "BACKENDS"]
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "poly")
+PRECISIONS = ("fp32", "bf16", "fp16")
+NONFINITE_POLICIES = ("stop", "skip")
+
 _ge0 = attrs.validators.ge(0)
 _gt0 = attrs.validators.gt(0)
 #: Most loader processes or CPU threads a recipe may ask for (torch crashes on absurd thread counts).
@@ -146,11 +151,37 @@ class TrainConfig:
     checkpoint_every: int = attrs.field(default=0, validator=_ge0)
     #: also keep the last N checkpoints as ``checkpoints/step-<step>.pt`` (0: only ``last.pt``)
     keep_checkpoints: int = attrs.field(default=0, validator=_ge0)
+    optimizer: str = attrs.field(default="sgd", validator=attrs.validators.in_(OPTIMIZERS))
+    #: AdamW's (beta1, beta2); SGD reads ``momentum`` instead
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999))
+    schedule: str = attrs.field(default="step", validator=attrs.validators.in_(SCHEDULES))
+    poly_power: float = attrs.field(default=1.0, validator=_gt0)
+    #: the LR that ``cosine`` and ``poly`` decay to at ``max_steps``
+    min_lr: float = attrs.field(default=0.0, validator=_ge0)
+    #: micro-batches per optimiser step (gradient accumulation)
+    accumulate: int = attrs.field(default=1, validator=_gt0)
+    #: largest gradient L2 norm over backbone and classifiers; 0 = no clipping
+    clip_grad_norm: float = attrs.field(default=0.0, validator=_ge0)
+    precision: str = attrs.field(default="fp32", validator=attrs.validators.in_(PRECISIONS))
+    compile: bool = False
+    #: decay of the exponential moving average of the backbone's weights; 0 = no EMA
+    ema_decay: float = attrs.field(default=0.0, validator=[_ge0, attrs.validators.lt(1)])
+    on_nonfinite: str = attrs.field(default="stop", validator=attrs.validators.in_(NONFINITE_POLICIES))
 
     @lr_milestones.validator
     def _sorted(self, _attr: Any, value: list[int]) -> None:
         if any(b <= a for a, b in zip(value, value[1:])) or any(v <= 0 for v in value):
             raise ValueError(f"lr_milestones must be increasing positive steps, got {value}")
+
+    @betas.validator
+    def _betas(self, _attr: Any, value: tuple[float, float]) -> None:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"betas must lie in [0, 1), got {list(value)}")
+
+    @min_lr.validator
+    def _min_lr(self, _attr: Any, value: float) -> None:
+        if value > self.lr:
+            raise ValueError(f"min_lr = {value} is above lr = {self.lr}")
 
 
 #: Process-group backends a recipe may name; "auto" is NCCL on CUDA, gloo on CPU.

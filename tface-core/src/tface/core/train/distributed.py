@@ -248,16 +248,18 @@ def wrap(setup: Any, world: World, cfg: DistributedConfig, echo: Callable[[str],
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    from tface.core.train.engine import TrainModule
+    from tface.core.train.engine import train_module
 
     if cfg.sync_bn:
         if not world.distributed:
             echo("note: [distributed] sync_bn has no effect in a single-process run")
         else:  # on CUDA: join() refused it elsewhere
             setup.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(setup.backbone)
+            if setup.compiled is not None:  # compile the converted modules (the parameters are the same)
+                setup.compiled = torch.compile(setup.backbone)
     if not world.distributed:
         return
-    module = TrainModule(setup.backbone, setup.classifiers)
+    module = train_module(setup)
     ids = [setup.device.index] if setup.device.type == "cuda" else None
     with world.collective("the DDP set-up"):  # DDP checks the shapes and broadcasts rank 0's weights
         ddp = DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)

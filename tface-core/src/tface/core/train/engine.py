@@ -1,10 +1,16 @@
-"""The step engine: one optimisation step over a multi-branch batch.
+"""The step engine: one optimisation step over one or more micro-batches.
 
-Forward (normalise, backbone, each branch's classifier), the weighted loss sum, the NaN/Inf check, backward,
-the optimiser and schedule steps. Everything that changes how a step is computed lives here.
+Forward (normalise, backbone under autocast, each branch's classifier in fp32), the weighted loss sum, the
+NaN/Inf policy, backward (through the fp16 loss scaler when there is one), gradient clipping, the optimiser
+and schedule steps and the EMA update. Everything that changes how a step is computed lives here.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Sequence
 
 import attrs
 import torch
@@ -14,29 +20,63 @@ from tface.core.data.branches import MultiBatch
 from tface.core.train.errors import TrainingError
 from tface.core.train.setup import TrainingSetup
 
-__all__ = ["StepResult", "StepEngine", "TrainModule"]
+__all__ = ["StepResult", "StepEngine", "TrainModule", "train_module", "autocast", "MAX_CONSECUTIVE_SKIPS"]
+
+#: Under ``on_nonfinite = "skip"``, this many skipped steps in a row stop the run: skipping rides over a rare
+#: bad batch, but a loss that stays non-finite means the data or the settings are broken.
+MAX_CONSECUTIVE_SKIPS = 10
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @attrs.frozen
 class StepResult:
-    """One step's numbers: the total loss, the LR it used, per branch (loss, correct, seen)."""
+    """One step's numbers: the total loss, the LR it used, per branch (loss, correct, seen).
+
+    ``skipped``: the loss was non-finite and ``on_nonfinite = "skip"`` dropped the update (the numbers are then
+    meaningless). ``grad_norm``: the gradient norm before clipping, when clipping is on.
+    """
 
     loss: float
     lr: float
     branches: dict[str, tuple[float, int, int]]
+    skipped: bool = False
+    grad_norm: float | None = None
+
+
+def autocast(setup: TrainingSetup) -> contextlib.AbstractContextManager:
+    """The backbone's autocast context for ``train.precision`` (nothing for fp32)."""
+    dtype = _AUTOCAST.get(setup.cfg.precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=setup.device.type, dtype=dtype)
+
+
+def train_module(setup: TrainingSetup) -> TrainModule:
+    """The forward of a step over ``setup``: the (compiled, under ``train.compile``) backbone and the classifiers."""
+    backbone = setup.compiled if setup.compiled is not None else setup.backbone
+    return TrainModule(backbone, setup.classifiers, lambda: autocast(setup))
 
 
 class TrainModule(nn.Module):
-    """The backbone and the classifiers as one module, so one wrap (DDP) covers every parameter a step trains."""
+    """The backbone and the classifiers as one module, so one wrap (DDP) covers every parameter a step trains.
 
-    def __init__(self, backbone: nn.Module, classifiers: nn.ModuleDict):
+    Only the backbone runs under ``autocast``; the classifiers (cosines, margins, softmax cross-entropy) see fp32
+    embeddings and run in fp32, so a margin of a few hundredths is not lost in bf16's 8-bit mantissa.
+    """
+
+    def __init__(self, backbone: nn.Module, classifiers: nn.ModuleDict,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         super().__init__()
         self.backbone = backbone
         self.classifiers = classifiers
+        self.autocast = autocast
 
     def forward(self, images: torch.Tensor, batch: MultiBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per branch of ``batch``: its classifier's (loss, cosine logits) on that branch's embeddings."""
-        embeddings = self.backbone(images).float()
+        with self.autocast():
+            embeddings = self.backbone(images)
+        embeddings = embeddings.float()
         return [self.classifiers[name](emb, labels)
                 for name, emb, labels in zip(batch.names, batch.split(embeddings), batch.labels)]
 
@@ -45,8 +85,18 @@ class StepEngine:
     def __init__(self, setup: TrainingSetup):
         self.setup = setup
         #: what the forward runs: the setup's (DDP-wrapped in a process group) or the plain module
-        self.module = (setup.train_module if setup.train_module is not None
-                       else TrainModule(setup.backbone, setup.classifiers))
+        self.module = setup.train_module if setup.train_module is not None else train_module(setup)
+        #: steps dropped under ``on_nonfinite = "skip"``: in total, and in a row up to now
+        self.skipped = 0
+        self.consecutive_skips = 0
+        self._params = [p for m in (setup.backbone, setup.classifiers) for p in m.parameters() if p.requires_grad]
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return [*self.setup.backbone.buffers(), *self.setup.classifiers.buffers()]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The backbone's autocast context for ``train.precision`` (nothing for fp32)."""
+        return autocast(self.setup)
 
     def forward(self, batch: MultiBatch) -> tuple[torch.Tensor, dict[str, tuple[float, int, int]]]:
         """Weighted sum of the branch losses; per branch (loss, correct, seen) for the logs."""
@@ -61,19 +111,72 @@ class StepEngine:
         assert total is not None
         return total, stats
 
-    def step(self, batch: MultiBatch, step: int) -> StepResult:
-        """Train on ``batch`` as step number ``step`` (1-based); a non-finite loss stops the run."""
+    def step(self, batches: Sequence[MultiBatch], step: int) -> StepResult:
+        """Train on ``batches`` (``train.accumulate`` micro-batches) as optimiser step ``step`` (1-based).
+
+        The gradient is the mean over the micro-batches, so k micro-batches of B give the update of one batch of
+        kB (BatchNorm statistics aside). A non-finite loss stops the run, or drops the step (``on_nonfinite``).
+        """
         s = self.setup
-        loss, stats = self.forward(batch.to(s.device))
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at step {step} (lr {s.scheduler.get_last_lr()[0]:.4g}); "
-                "lower train.lr or increase train.warmup_steps"
-            )
+        k = len(batches)
+        skip = s.cfg.on_nonfinite == "skip"
+        # a skipped step must not keep the buffers its forward passes moved (BatchNorm statistics, head state)
+        saved = [b.detach().clone() for b in self._buffers()] if skip else None
         s.optimizer.zero_grad(set_to_none=True)
-        with s.sync_context(True):  # the one (last) micro-batch of the step: gradients are all-reduced here
-            loss.backward()
-        s.optimizer.step()
+        losses: list[float] = []
+        stats: dict[str, tuple[float, int, int]] = {}
+        for i, batch in enumerate(batches):
+            loss, micro = self.forward(batch.to(s.device))
+            if not torch.isfinite(loss):
+                bad = [n for n, (v, _, _) in micro.items() if not math.isfinite(v)] or list(micro)
+                where = f"branch {', '.join(map(repr, bad))}" + (f", micro-batch {i + 1} of {k}" if k > 1 else "")
+                return self._nonfinite(f"loss became {loss.item()} at step {step} ({where})", saved)
+            with s.sync_context(i == k - 1):
+                scaled = loss / k if k > 1 else loss
+                (s.scaler.scale(scaled) if s.scaler is not None else scaled).backward()
+            losses.append(loss.item())
+            for name, (v, correct, seen) in micro.items():
+                old = stats.get(name, (0.0, 0, 0))
+                stats[name] = (old[0] + v / k, old[1] + correct, old[2] + seen)
+        grad_norm = None
+        if s.cfg.clip_grad_norm:
+            if s.scaler is not None:
+                s.scaler.unscale_(s.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, s.cfg.clip_grad_norm))
+            # under fp16 an overflow is the scaler's business: it skips the update and lowers the scale
+            if not math.isfinite(grad_norm) and s.scaler is None:
+                return self._nonfinite(f"gradient norm became {grad_norm} at step {step} (backbone and classifiers)",
+                                       saved)
+        if s.scaler is not None:
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+        else:
+            s.optimizer.step()
         lr = s.optimizer.param_groups[0]["lr"]
-        s.scheduler.step()
-        return StepResult(loss.item(), lr, stats)
+        with warnings.catch_warnings():
+            # when the scaler skipped the very first update, PyTorch warns that the schedule steps before the
+            # optimiser; an overflow step is a step like any other here (PyTorch's AMP recipe)
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            s.scheduler.step()
+        if s.ema is not None:
+            s.ema.update(s.backbone)
+        self.consecutive_skips = 0
+        return StepResult(sum(losses) / k, lr, stats, grad_norm=grad_norm)
+
+    def _nonfinite(self, what: str, saved: list[torch.Tensor] | None) -> StepResult:
+        """Stop, or drop the step: no gradient, optimiser, schedule, EMA or BatchNorm statistics change."""
+        s = self.setup
+        lr = s.optimizer.param_groups[0]["lr"]
+        if saved is None:
+            raise TrainingError(f"{what}, lr {lr:.4g}; lower train.lr or increase train.warmup_steps "
+                                '(train.on_nonfinite = "skip" drops such steps)')
+        s.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, old in zip(self._buffers(), saved):
+                b.copy_(old)
+        self.skipped += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+            raise TrainingError(f"{what}, lr {lr:.4g}: {self.consecutive_skips} steps in a row were non-finite and "
+                                "skipped; lower train.lr or check the data")
+        return StepResult(math.nan, lr, {}, skipped=True)

@@ -53,8 +53,14 @@ class MetricsWindow:
     def _reset(self, now: float) -> None:
         self.branches = {n: [0.0, 0, 0] for n in self.names}  # loss * seen, correct, seen
         self.total, self.steps, self.t0 = 0.0, 0, now
+        self.skipped, self.grad_norms = 0, []
 
     def add(self, result: StepResult) -> None:
+        if result.skipped:  # its numbers are non-finite; only the count is reported
+            self.skipped += 1
+            return
+        if result.grad_norm is not None:
+            self.grad_norms.append(result.grad_norm)
         for n, (branch_loss, correct, seen) in result.branches.items():
             w = self.branches[n]
             w[0] += branch_loss * seen
@@ -66,13 +72,15 @@ class MetricsWindow:
     def state_dict(self) -> dict[str, Any]:
         """The open window (a checkpoint between two log lines), with the seconds it has run so far."""
         return {"branches": {n: list(w) for n, w in self.branches.items()}, "total": self.total,
-                "steps": self.steps, "seconds": time.perf_counter() - self.t0}
+                "steps": self.steps, "seconds": time.perf_counter() - self.t0, "skipped": self.skipped,
+                "grad_norms": list(self.grad_norms)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the saved window: the next line covers the steps before and after the restart."""
         self.branches = {n: [float(w[0]), int(w[1]), int(w[2])] for n, w in state["branches"].items()}
         self.total, self.steps = float(state["total"]), int(state["steps"])
         self.t0 = time.perf_counter() - float(state["seconds"])
+        self.skipped, self.grad_norms = int(state["skipped"]), [float(g) for g in state["grad_norms"]]
 
     def record(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
         """The ``metrics.jsonl`` line for the window ending at ``step``; starts a new window."""
@@ -92,6 +100,10 @@ class MetricsWindow:
             "images_per_s": seen / max(now - self.t0, 1e-9),
             **memory_mb(self.device),
         }
+        if self.grad_norms:  # the mean norm before clipping
+            record["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+        if self.skipped:  # steps dropped under on_nonfinite = "skip" since the last line
+            record["skipped_steps"] = self.skipped
         if len(self.names) > 1:
             record["branches"] = {n: {"loss": w[0] / w[2], "top1": 100.0 * w[1] / w[2]}
                                   for n, w in branches.items()}

@@ -21,6 +21,7 @@ from tface.core.backbone import BackboneInfo, backbone_info
 from tface.core.classifier import Classifier
 from tface.core.data.branches import BranchLoader, BranchSpec
 from tface.core.train.components import Components, Compose
+from tface.core.train.ema import EMA
 from tface.core.train.errors import TrainingError
 from tface.core.train.finetune import load_start_weights
 from tface.core.train.optim import build_optimizer, build_scheduler
@@ -28,7 +29,8 @@ from tface.core.train.optim import build_optimizer, build_scheduler
 if TYPE_CHECKING:
     from tface.core.train.distributed import World
 
-__all__ = ["TrainingSetup", "build_training", "resolve_device", "embedding_size_of"]
+__all__ = ["TrainingSetup", "build_training", "check_precision", "optimisation_parts", "resolve_device",
+           "embedding_size_of"]
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -84,6 +86,20 @@ class TrainingSetup:
     train_module: nn.Module | None = None
     #: ``sync_context(last)``: a context manager around each micro-batch's backward (DDP's ``no_sync`` unless last)
     sync_context: Callable[[bool], contextlib.AbstractContextManager] = lambda last: contextlib.nullcontext()
+    #: the ``[train]`` table: precision, accumulation, clipping and the NaN policy the engine follows
+    cfg: recipe_mod.TrainConfig = attrs.field(factory=recipe_mod.TrainConfig)
+    #: the backbone's training forward: ``torch.compile(backbone)`` under ``train.compile``, else None (the
+    #: backbone itself); it shares its parameters with ``backbone``, which evaluation and checkpoints use
+    compiled: nn.Module | None = None
+    #: fp16's loss scaler (GPU only); None in fp32 and bf16
+    scaler: torch.amp.GradScaler | None = None
+    #: the moving average of the backbone's weights (``train.ema_decay``), or None
+    ema: EMA | None = None
+
+    @property
+    def eval_backbone(self) -> nn.Module:
+        """The weights evaluation and the exported ``backbone.pt`` use: the EMA's when it is on."""
+        return self.ema.module if self.ema is not None else self.backbone
 
 
 def _branch_specs(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]) -> list[BranchSpec]:
@@ -130,6 +146,29 @@ def _prepare_data(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[
     return specs, provided
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot run, before any data is prepared."""
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainingError(f'train.precision = "fp16" needs a CUDA device (this run\'s device is {device.type}); '
+                            'use "bf16" on the CPU')
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainingError('train.precision = "bf16" but this GPU does not support bfloat16; use "fp16"')
+
+
+def optimisation_parts(cfg: recipe_mod.TrainConfig, backbone: nn.Module, classifiers: nn.Module,
+                       device: torch.device) -> dict[str, Any]:
+    """The optimiser, schedule, compiled forward, fp16 scaler and EMA of ``[train]`` (TrainingSetup fields)."""
+    optimizer = build_optimizer(cfg, [backbone, classifiers])
+    return {
+        "optimizer": optimizer,
+        "scheduler": build_scheduler(cfg, optimizer),
+        # compiled lazily, at the first step; shares the parameters, so state_dict keys stay plain
+        "compiled": torch.compile(backbone) if cfg.compile else None,
+        "scaler": torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
+        "ema": EMA(backbone, cfg.ema_decay) if cfg.ema_decay else None,
+    }
+
+
 def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.device,
                    echo: Callable[[str], None], world: World | None = None) -> TrainingSetup:
     """Read (or generate) the data, then build the models, the optimiser, the schedule and the loader.
@@ -139,6 +178,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     """
     cfg = recipe.train
     rank, world_size = (world.rank, world.world_size) if world is not None else (0, 1)
+    check_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     echo("preparing data ...")
@@ -156,8 +196,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     emb = info.embedding_size
     classifiers = _classifiers(recipe, parts, specs, emb).to(device)
     load_start_weights(recipe, backbone, classifiers, echo)  # fine-tuning: before the optimiser exists
-    optimizer = build_optimizer(cfg, [backbone, classifiers])
-    scheduler = build_scheduler(cfg, optimizer)
+    optimisation = optimisation_parts(cfg, backbone, classifiers, device)
     try:
         loader = BranchLoader(specs, num_workers=cfg.num_workers, seed=recipe.seed, pin_memory=device.type == "cuda",
                               num_replicas=world_size, rank=rank)
@@ -168,7 +207,8 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     echo(f"data: {sizes} ({data_seconds:.1f}s); device: {device}{procs}; steps: {cfg.max_steps}, "
          f"{len(loader)} per epoch")
     return TrainingSetup(device=device, backbone=backbone, classifiers=classifiers,
-                         weights={s.name: s.weight for s in specs}, optimizer=optimizer, scheduler=scheduler,
-                         loader=loader, memory_format=memory_format, info=info, eval_provided=provided,
-                         data_seconds=data_seconds, rank=rank, world_size=world_size,
-                         local_rank=world.local_rank if world is not None else 0)
+                         weights={s.name: s.weight for s in specs}, loader=loader, memory_format=memory_format,
+                         info=info, eval_provided=provided, data_seconds=data_seconds, rank=rank,
+                         world_size=world_size, local_rank=world.local_rank if world is not None else 0, cfg=cfg,
+                         extra_state={k: optimisation[k] for k in ("scaler", "ema") if optimisation[k] is not None},
+                         **optimisation)

@@ -40,7 +40,7 @@ else:  # pragma: no cover
 
 __all__ = ["FORMAT", "RESUME_MAY_CHANGE", "seed_all", "world_size", "rng_state", "set_rng_state", "collect",
            "restore", "save", "load_last", "check_resumable", "recipe_differences", "ensure_backbone",
-           "export_backbone"]
+           "export_backbone", "backbone_weights"]
 
 #: Version of the checkpoint layout; a resumed run refuses another.
 FORMAT = 1
@@ -168,6 +168,12 @@ def restore(setup: TrainingSetup, state: Mapping[str, Any]) -> None:
 
 # -- files -----------------------------------------------------------------------------------------------------
 
+def backbone_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The backbone weights of a checkpoint that ``backbone.pt``, evaluation and export use: the EMA's when on."""
+    ema = state.get("extra", {}).get("ema")
+    return ema["module"] if ema is not None else state["backbone"]
+
+
 def _step_files(folder: RunDir) -> list[tuple[int, Path]]:
     """The run's own ``step-<N>.pt`` files (listed in its status), oldest first."""
     own = set(folder.status["files"])
@@ -189,7 +195,7 @@ def save(folder: RunDir, state: Mapping[str, Any], keep: int = 0) -> Path:
     ckpt = folder.path / "checkpoints"
     last, backbone = ckpt / LAST, ckpt / BACKBONE
     data = checkpoint.dumps(dict(state))
-    weights = checkpoint.dumps(state["backbone"])
+    weights = checkpoint.dumps(backbone_weights(state))
     named = ckpt / f"step-{int(state['step']):08d}.pt"
     folder.claim(last, backbone, *([named] if keep else []))
     if keep:
@@ -279,7 +285,7 @@ def ensure_backbone(folder: RunDir, state: Mapping[str, Any]) -> None:
     path = folder.path / "checkpoints" / BACKBONE
     if not path.exists():
         folder.claim(path)
-        checkpoint.save(path, state["backbone"])
+        checkpoint.save(path, backbone_weights(state))
 
 
 def export_backbone(run_dir: Path, out: Path, step: int | None = None, overwrite: bool = False) -> tuple[Path, int]:
@@ -307,7 +313,7 @@ def export_backbone(run_dir: Path, out: Path, step: int | None = None, overwrite
                                 "train.keep_checkpoints keeps more)")
     try:
         state = checkpoint.load(source)
-        weights, saved_step = state["backbone"], int(state["step"])
+        weights, saved_step = backbone_weights(state), int(state["step"])
     except Exception as exc:
         raise TrainingError(f"{source}: cannot be read as a tface checkpoint ({type(exc).__name__}: {exc})") from exc
     atomic_write_bytes(out, checkpoint.dumps(weights))

@@ -26,7 +26,7 @@ from tface.core.train.engine import StepEngine
 from tface.core.train.errors import TrainingError
 from tface.core.train.progress import Progress
 from tface.core.train.reporting import MetricsWindow, append_metrics, metrics_until, write_final_reports
-from tface.core.train.setup import build_training, embedding_size_of, resolve_device
+from tface.core.train.setup import build_training, check_precision, embedding_size_of, resolve_device
 from tface.core.train.tensorboard import TensorBoardLog
 from tface.core.train.tensorboard import require as require_tensorboard
 
@@ -100,6 +100,10 @@ class Trainer:
         state.seed_all(self.recipe.seed)
         self.world, self.device = distributed.join(self.recipe.distributed, self.recipe.device)
         self.main = self.world.is_main
+        check_precision(self.cfg.precision, self.device)
+        if self.cfg.on_nonfinite == "skip" and self.world.distributed:
+            raise TrainingError('train.on_nonfinite = "skip" is not supported with several processes yet (the '
+                                'processes would have to agree on every skip); use "stop"')
         if not self.main:
             self.echo = lambda msg: None  # rank 0 speaks for the run
 
@@ -174,7 +178,7 @@ class Trainer:
         results: list[dict[str, Any]] = []
         ctx = EvalContext(device=self.device, step=step, provided=self.setup.eval_provided)
         for proto in self.parts.protocols:
-            for r in proto.evaluate(self.backbone, ctx):
+            for r in proto.evaluate(self.setup.eval_backbone, ctx):
                 results.append({"stage": stage, **r})
         if results:
             self.pm.hook.tface_evaluation_done(step=step, results=results, **self._ranks)
@@ -213,10 +217,18 @@ class Trainer:
         if self.window is None:  # started here, so the first line's images/s leaves out evaluation
             self.window = self._new_window()
         window = self.window
+        micro: list = []  # the batches of the next step; train.accumulate of them, across epoch ends
         while step < cfg.max_steps:
             for batch in _data_errors(self.loader, lambda: step + 1):  # noqa: B023 - read when an error happens
+                micro.append(batch)
+                if len(micro) < cfg.accumulate:
+                    continue
                 with self.world.collective(f"step {step + 1}"):  # DDP's broadcasts and all-reduces
-                    result = self.engine.step(batch, step + 1)
+                    result = self.engine.step(micro, step + 1)
+                micro = []
+                if result.skipped:  # on_nonfinite = "skip": no update, so not a step; counted in the window
+                    window.add(result)
+                    continue
                 step += 1
                 self.step = step
                 window.add(result)
@@ -336,6 +348,9 @@ class Trainer:
         if self.world.distributed:
             summary["processes"] = self.world.world_size
             summary["backend"] = self.world.backend
+        if self.engine.skipped:
+            summary["skipped_steps"] = self.engine.skipped
+            self.echo(f"skipped steps with a non-finite loss: {self.engine.skipped} (train.on_nonfinite = \"skip\")")
         skipped = self.loader.skipped
         if any(skipped.values()):
             summary["skipped_samples"] = skipped
