@@ -46,7 +46,8 @@ def test_the_registry_and_the_recipe_derive_their_lists_from_it():
     assert recipe._COMPONENTS == {"backbone": "backbones", "head": "heads"}
     assert recipe._COMPONENT_LISTS == {"augment": "augmenters", "eval": "protocols"}
     assert recipe._DATA_KIND == "datasets"
-    top_level = {"seed", "device", "output_dir", "train", "data", "backbone", "head", "augment", "eval"}
+    top_level = {"seed", "device", "output_dir", "train", "distributed", "classifier", "data", "backbone", "head",
+                 "augment", "eval"}
     assert top_level == recipe._TOP_LEVEL
     assert set(kinds.NAMES) >= {kind for provided in catalog.DISTRIBUTIONS.values() for kind in provided}
 

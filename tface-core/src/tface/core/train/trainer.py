@@ -288,6 +288,9 @@ class Trainer:
                     raise
                 disarm()
                 self._finish("done")
+                # no process leaves the group while another still talks in it (rank 0 evaluates and reports
+                # after the others finish training; gloo aborts a process whose peer tears down mid-exchange)
+                self.world.barrier("the end of the run")
             return out
         finally:
             self.world.close()
