@@ -422,3 +422,20 @@ def test_only_process_group_failures_become_peer_lost():
         with pytest.raises(type(exc)) as info, world.collective("step 7"):
             raise exc
         assert info.value is exc  # passed through, not turned into PeerLost
+
+
+def test_skipping_nonfinite_steps_is_refused_with_several_processes(toy_plugins, tmp_path, monkeypatch):
+    """The processes would have to agree on every dropped step; until they do, "skip" is refused up front."""
+    from tface.core import recipe as recipe_mod
+    from tface.core.train import distributed
+    from tface.core.train.trainer import Trainer, TrainingError
+
+    path = tmp_path / "r.toml"
+    path.write_text(TOY_RECIPE)
+    rec = recipe_mod.load(path, ['train.on_nonfinite="skip"'])
+    world = distributed.World()
+    monkeypatch.setattr(type(world), "distributed", property(lambda self: True))
+    monkeypatch.setattr(distributed, "join", lambda cfg, device: (world, torch.device("cpu")))
+    with pytest.raises(TrainingError, match=r'train.on_nonfinite = "skip" is not supported with several processes'):
+        Trainer(rec, tmp_path / "run", echo=lambda m: None).run()
+    assert not (tmp_path / "run").exists()
