@@ -25,6 +25,8 @@ def save(path: str | os.PathLike, state: Any) -> Path:
     return atomic_write_bytes(path, dumps(state))
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing arbitrary pickled code."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+def load(path: str | os.PathLike) -> Any:
+    """A checkpoint's content, on the CPU, through the one weights reader (``weights_only``; errors name the file)."""
+    from tface.core.weights import read_file
+
+    return read_file(path)
