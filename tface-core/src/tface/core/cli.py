@@ -177,6 +177,7 @@ def run_cmd(recipe_path: Path | None, overrides: tuple[str, ...], dry_run: bool,
             overwrite: bool, resume_dir: Path | None, device: str | None, nproc_per_node: int | None) -> None:
     """Train, checkpoint, evaluate and report, as RECIPE says; or continue a run: --resume RUN_DIR."""
     from tface.core import recipe as recipe_mod
+    from tface.core.allocator import keep_freed_memory
     from tface.core.train import distributed
     from tface.core.train.rundir import RunDirError, check_run_dir
     from tface.core.train.trainer import Trainer, TrainingError, build_components
@@ -239,6 +240,7 @@ def run_cmd(recipe_path: Path | None, overrides: tuple[str, ...], dry_run: bool,
         for line in parts.describe():
             click.echo(f"# {line}")
         return
+    keep_freed_memory()
     try:
         Trainer(recipe, resume_dir or output_dir, overwrite=overwrite, resume=resume_dir is not None,
                 echo=click.echo).run()
@@ -290,7 +292,10 @@ def eval_cmd(protocol: str | None, run_dir: Path | None, backbone: str | None, c
     """Evaluate a saved backbone: `tface eval PROTOCOL --backbone NAME --checkpoint FILE` or
     `tface eval --run RUN_DIR`. Prints the results table; writes eval-report.json, eval-report.md and plots."""
     from tface.core import evaluate as ev
+    from tface.core.allocator import keep_freed_memory
     from tface.core.report import markdown_table
+
+    keep_freed_memory()
 
     if run_dir is not None:
         if backbone or backbone_options:
