@@ -9,6 +9,7 @@ answers "does the quickstart fit in its time budget and does training clearly he
 Run from the repository root::
 
     PYTHONPATH=tface-core/src:tface-backbones/src python bench/synth_tuning.py --seed 0
+    ... --size 64 --identities 200 --images 50 --steps 950 --decay 760,880 --lr 0.1   (64×64 crops)
 
 Verification follows insightface: flip test (embedding(x) + embedding(mirror x)), L2 normalisation,
 squared euclidean distance, 10 folds with the best threshold of the other 9 folds.
@@ -29,13 +30,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from tface.core.allocator import keep_freed_memory
 from tface.core.data import synthrender
+from tface.core.data.synthface import _jpeg
+
+#: crop side (``--size``); set before the generation processes fork
+SIZE = 112
 
 
 def jpeg_roundtrip(img: np.ndarray, quality: int = 95) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    """The image as the pipeline stores it (SynthFace's encoder: area-downsampled to SIZE, JPEG) and decodes it."""
+    return np.asarray(Image.open(io.BytesIO(_jpeg(img, quality, SIZE))).convert("RGB"))
 
 
 def _identity_images(args: tuple[int, int, int]) -> np.ndarray:
@@ -136,7 +141,7 @@ class ArcFaceHead(nn.Module):
 def build_model(args) -> nn.Module:
     from tface.backbones.mobilefacenet import mobilefacenet
 
-    model = mobilefacenet(embedding_size=args.emb)
+    model = mobilefacenet(embedding_size=args.emb, input_size=args.size)
     return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
 
@@ -201,6 +206,8 @@ def main() -> None:
     ap.add_argument("--decay", type=lambda s: [int(v) for v in s.split(",") if v], default=[400, 460])
     ap.add_argument("--s", type=float, default=16.0)
     ap.add_argument("--m", type=float, default=0.1)
+    ap.add_argument("--size", type=int, default=112, help="crop side: renders are area-downsampled to it "
+                    "(SynthFace's image_size) and MobileFaceNet gets that input_size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--workers", type=int, default=1, help="processes for data generation")
@@ -209,6 +216,9 @@ def main() -> None:
     ap.add_argument("--cache", default="", help="tuning only: save/load the generated data to/from this file")
     args = ap.parse_args()
     print(vars(args), flush=True)
+    global SIZE
+    SIZE = args.size
+    keep_freed_memory()  # as `tface run` does
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_all = time.time()

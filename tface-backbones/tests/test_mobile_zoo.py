@@ -354,6 +354,19 @@ def test_mobilefacenet_224_and_dropout_keep_tface_keys(models: dict[str, nn.Modu
     assert torch.equal(model.output_layer.linear.weight, state["output_layer.linear.weight"])
 
 
+def test_mobilefacenet_64_has_a_4x4_gdc_kernel_and_tface_keys(models: dict[str, nn.Module]) -> None:
+    reference = shapes(models["mobilefacenet"])
+    small = mobilefacenet(input_size=64)
+    assert shapes(small).keys() == reference.keys()
+    assert small.output_layer.conv_6_dw.conv.weight.shape == (512, 1, 4, 4)  # 64 / 16: the final map's side
+    count = sum(p.numel() for p in small.parameters())
+    assert count == sum(p.numel() for p in models["mobilefacenet"].parameters()) - 512 * (7 * 7 - 4 * 4)
+    small.eval()
+    with torch.no_grad():
+        assert small(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+    assert small.input_size == 64
+
+
 # --- forward ------------------------------------------------------------------------------------------
 
 

@@ -95,10 +95,11 @@ TOY_MODULE = '''
     class _Blobs(Dataset):
         """Class c = a colour pattern plus noise; learnable in a few steps."""
 
-        def __init__(self, classes, per_class, seed, transform):
+        def __init__(self, classes, per_class, seed, transform, side=16):
             g = torch.Generator().manual_seed(seed)
             self.protos = torch.rand(classes, 3, 4, 4, generator=g) * 2 - 1
-            self.noise = torch.randn(classes * per_class, 3, 16, 16, generator=g) * 0.3
+            self.noise = torch.randn(classes * per_class, 3, side, side, generator=g) * 0.3
+            self.side = side
             self.num_classes = classes
             self.transform = transform
 
@@ -107,7 +108,7 @@ TOY_MODULE = '''
 
         def __getitem__(self, i):
             c = i % self.num_classes
-            img = torch.nn.functional.interpolate(self.protos[c:c + 1], size=16)[0] + self.noise[i]
+            img = torch.nn.functional.interpolate(self.protos[c:c + 1], size=self.side)[0] + self.noise[i]
             img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # the uint8 item contract
             if self.transform is not None:
                 img = self.transform(img)
@@ -120,12 +121,13 @@ TOY_MODULE = '''
             classes: int = 4
             per_class: int = 16
             seed: int = 0
+            side: int = 16
 
-        def __init__(self, classes=4, per_class=16, seed=0):
-            self.classes, self.per_class, self.seed = classes, per_class, seed
+        def __init__(self, classes=4, per_class=16, seed=0, side=16):
+            self.classes, self.per_class, self.seed, self.side = classes, per_class, seed, side
 
         def train_dataset(self, transform=None):
-            return _Blobs(self.classes, self.per_class, self.seed, transform)
+            return _Blobs(self.classes, self.per_class, self.seed, transform, self.side)
 
 
     class ToyProtocol:

@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
 def test_load_validates_and_fills_defaults(toy_plugins, tmp_path):
     r = recipe.load(write(tmp_path, TOY_RECIPE))
     assert r.head.name == "toyhead" and r.head.options == {"s": 8.0, "m": 0.2}
-    assert r.data[0].source.options == {"classes": 4, "per_class": 16, "seed": 0}
+    assert r.data[0].source.options == {"classes": 4, "per_class": 16, "seed": 0, "side": 16}
     assert r.train.max_steps == 30 and r.train.lr_milestones == [20]
     assert [c.name for c in r.eval] == ["toyeval"]
 

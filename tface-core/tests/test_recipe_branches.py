@@ -39,7 +39,7 @@ def test_two_branches_split_branch_keys_from_source_options(toy_plugins):
     r = recipe.loads(TWO)
     a, b = r.data
     assert (a.name, a.batch(r.train), a.weight, a.sampler) == ("toydata", 8, 0.5, "shuffle")
-    assert a.source.options == {"classes": 4, "per_class": 16, "seed": 0}
+    assert a.source.options == {"classes": 4, "per_class": 16, "seed": 0, "side": 16}
     assert (b.name, b.batch(r.train), b.weight, b.sampler, b.images_per_identity) == ("second", 16, 1.0, "balanced", 2)
     assert b.source.options["classes"] == 3
     again = recipe.loads(recipe.dumps(r))  # the resolved recipe reloads to the same branches

@@ -67,6 +67,21 @@ def test_training_images_match_the_renderer(tmp_path):
     assert ds.read_image_bytes(7) != buf.getvalue()
 
 
+def test_smaller_image_size_is_the_render_area_downsampled(tmp_path):
+    src = SynthFaceSource(seed=5, cache_dir=tmp_path, workers=1, image_size=64, **SMALL)
+    assert src.key.endswith("-q95-r64") and SynthFaceSource(seed=5, **SMALL).key.endswith("-q95")
+    ds = src.train_dataset()
+    img, label = ds[6]
+    assert img.shape == (3, 64, 64) and label == 2
+    render = next(synthrender.train_images(5, 2, synthrender.train_identity(5, 2), 1))
+    buf = io.BytesIO()
+    Image.fromarray(render).resize((64, 64), Image.Resampling.BOX).save(buf, format="JPEG", quality=95)
+    assert ds.read_image_bytes(6) == buf.getvalue()  # identity 2, image 0, area-averaged from 112
+    images, _ = read_bin(src.eval_sets()["verification"]["synthface-val"])
+    assert {decode_rgb(b).shape for b in images} == {(3, 64, 64)}
+    assert json.loads((src.folder() / "synthface.json").read_text())["image_size"] == 64
+
+
 def test_cache_is_reused_and_incomplete_folders_are_replaced(tmp_path):
     src = SynthFaceSource(seed=0, cache_dir=tmp_path, workers=1, **SMALL)
     paths = src.generate()
@@ -187,6 +202,8 @@ def test_an_interrupted_synth_keeps_the_old_set(tmp_path, monkeypatch):
     ("--val-pairs", 0, "must be a positive even number"),
     ("--seed", -1, "must be >= 0"),
     ("--workers", -2, "must be >= 0"),
+    ("--image-size", 113, "must be between 16 and 112, got 113"),
+    ("--image-size", 8, "must be between 16 and 112, got 8"),
 ])
 def test_synth_options_are_checked_before_anything_is_written(tmp_path, option, value, message):
     res = synth(tmp_path / "out", option, value)

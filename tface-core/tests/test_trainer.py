@@ -128,6 +128,17 @@ def test_batch_larger_than_data(toy_plugins, tmp_path):
         Trainer(toy_recipe(tmp_path, ["train.batch_size=1000"]), tmp_path / "run", echo=lambda m: None).run()
 
 
+def test_images_of_another_size_than_the_backbone_input_are_refused_before_training(toy_plugins, tmp_path):
+    rec = Recorder()
+    with pytest.raises(TrainingError) as info:
+        Trainer(toy_recipe(tmp_path, ["data.side=12"]), tmp_path / "run", plugins=[rec], echo=lambda m: None).run()
+    message = str(info.value)
+    assert "data branch 'toydata': its images are 12×12" in message
+    assert "backbone 'toynet' takes 16×16 inputs (backbone.input_size = 16)" in message
+    assert not [c for c in rec.calls if c[0] in ("step_end", "evaluation_done")]  # nothing ran
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+
+
 def test_misspelled_hook_is_an_error(toy_plugins, tmp_path):
     class Typo:
         @hookimpl

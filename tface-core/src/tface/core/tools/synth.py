@@ -17,11 +17,14 @@ from tface.core.tools.common import summary
 @click.option("--images-per-identity", default=None, type=int)
 @click.option("--val-identities", default=None, type=int, help="Held-out identities for the .bin.")
 @click.option("--val-pairs", default=None, type=int, help="Verification pairs (half genuine).")
+@click.option("--image-size", default=None, type=int,
+              help="Side of the stored crops (default 112; smaller sides are area-downsampled from 112).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Processes (0 = one per CPU core).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty OUT_DIR: replaces the files tface wrote there, keeps all others.")
 def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_identity: int | None,
-              val_identities: int | None, val_pairs: int | None, workers: int, overwrite: bool) -> None:
+              val_identities: int | None, val_pairs: int | None, image_size: int | None, workers: int,
+              overwrite: bool) -> None:
     """Generate a SynthFace data set: TFRecord shards + index, and a verification .bin.
 
     OUT_DIR must be new or empty (or already hold this very set, which is then reused); --overwrite
@@ -31,7 +34,8 @@ def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_ident
     from tface.core.outdir import OutputExistsError
 
     opts = {k: v for k, v in {"identities": identities, "images_per_identity": images_per_identity,
-                              "val_identities": val_identities, "val_pairs": val_pairs}.items() if v is not None}
+                              "val_identities": val_identities, "val_pairs": val_pairs,
+                              "image_size": image_size}.items() if v is not None}
     for key, message in SynthFaceSource.problems(seed=seed, workers=workers, **opts):
         raise click.BadParameter(message, param_hint=f"'--{key.replace('_', '-')}'")
     source = SynthFaceSource(seed=seed, cache_dir=out_dir, workers=workers, **opts)

@@ -123,6 +123,26 @@ def _branch_specs(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[
     return specs
 
 
+def _check_image_size(specs: list[BranchSpec], info: BackboneInfo, backbone: str) -> None:
+    """Refuse a branch whose (augmented) images are not the backbone's input size, before any step.
+
+    Without it the mismatch surfaces as a shape error deep inside the backbone at the first step, after the
+    data was prepared and the untrained model evaluated (evaluation resizes crops; training does not).
+    """
+    side = info.input_size
+    for s in specs:
+        try:
+            image = s.dataset[0][0]
+        except Exception:  # noqa: BLE001 - a bad first record is the loader's to report, with its own message
+            continue
+        shape = tuple(getattr(image, "shape", ()))[-2:]
+        if len(shape) == 2 and shape != (side, side):
+            raise TrainingError(
+                f"data branch {s.name!r}: its images are {shape[0]}×{shape[1]} but backbone {backbone!r} takes "
+                f"{side}×{side} inputs (backbone.input_size = {side}); make them match, e.g. set backbone.input_size "
+                f"= {shape[0]} if the backbone offers it, or render the data at {side} (SynthFace: data.image_size)")
+
+
 def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[BranchSpec], emb: int) -> nn.ModuleDict:
     """One classifier per branch: class spaces of different data sets never mix (TFace: one head each)."""
     heads = [parts.head] + [recipe.head.build("head") for _ in specs[1:]]
@@ -193,6 +213,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
         backbone = backbone.to(memory_format=torch.channels_last)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     info = backbone_info(backbone, recipe.backbone.name)
+    _check_image_size(specs, info, recipe.backbone.name)
     emb = info.embedding_size
     classifiers = _classifiers(recipe, parts, specs, emb).to(device)
     load_start_weights(recipe, backbone, classifiers, echo)  # fine-tuning: before the optimiser exists
