@@ -1,8 +1,9 @@
 """MobileFaceNet (Chen et al. 2018) laid out exactly as TFace v0.1.0, so its checkpoints load strictly.
 
 About 1.2 M parameters at 512-d: the cheap backbone for quick experiments and mobile deployment.
-Beyond TFace: 64×64 and 224×224 input (the GDC kernel follows the 4×4 or 14×14 final map) and an optional dropout before
-the GDC Linear; neither changes the key set, so TFace checkpoints still load strictly at 112.
+Beyond TFace: 64×64 and 224×224 input (the GDC kernel follows the 4×4 or 14×14 final map) and an
+optional dropout before the GDC Linear; neither changes the key set, so TFace checkpoints still load
+strictly at 112.
 """
 
 from __future__ import annotations

@@ -66,7 +66,12 @@ RENDER_SIZE = 112
 
 
 def _jpeg(img: np.ndarray, quality: int, size: int = RENDER_SIZE) -> bytes:
-    """JPEG bytes of a rendered image, area-averaged (PIL's box filter) to ``size`` × ``size`` first."""
+    """JPEG bytes of a rendered image, area-averaged (PIL's box filter) to ``size`` × ``size`` first.
+
+    Not ``synthrender.render(size=...)``: that resamples the 2× face canvas bilinearly straight to the small
+    side (aliased below 112) and adds full-strength pixel noise there, so its 64×64 crops carry about 25%
+    more pixel-to-pixel variation than an area-averaged 112 render, which is what an aligner's small crop is.
+    """
     im = Image.fromarray(img)
     if size != im.width:
         im = im.resize((size, size), Image.Resampling.BOX)
