@@ -17,20 +17,56 @@ __all__ = ["ReduceContext", "LocalContext", "HeadInput", "HeadOutput", "MarginHe
 
 
 class ReduceContext:
-    """Reductions over the model-parallel group. On one process every call is the identity."""
+    """Reductions over the processes that share one step's softmax; on one process every call is the identity.
+
+    Two layouts use it. **Sharded** (``[classifier] mode = "sharded"`` or ``"sampled"``): every process sees all
+    N rows of the global batch and holds a slice of the classes (``rows_split = False``). **Replicated under
+    DDP** (``mode = "local"`` with several processes): every process holds every class and its own rows
+    (``rows_split = True``). In both, :meth:`sum`, :meth:`max` and :meth:`gather` combine the per-process pieces
+    of the global ``[N, C]`` table, and :meth:`batch_mean` / :meth:`batch_size` speak about the global batch,
+    so a head written against them gives the same numbers in every layout. Only :meth:`row_sum` carries a
+    gradient; the others are for statistics (CurricularFace's ``t``, CIFP's threshold), outside the loss's graph.
+    """
 
     world_size: int = 1
     rank: int = 0
+    #: whether each process holds different rows of the batch (local classifier under DDP)
+    rows_split: bool = False
 
     def sum(self, t: Tensor) -> Tensor:
+        """Element-wise sum over the processes."""
         return t
 
     def max(self, t: Tensor) -> Tensor:
+        """Element-wise maximum over the processes."""
         return t
 
     def gather(self, t: Tensor) -> list[Tensor]:
         """Tensors of every rank (shapes may differ along dim 0), in rank order."""
         return [t]
+
+    def row_sum(self, partial: Tensor) -> Tensor:
+        """Complete per-row sums over classes ``[N, ...]`` whose classes are spread over the processes, with gradient.
+
+        Sharded: each process passes the sum over the classes it holds and gets the sum over all classes (an
+        all-reduce whose backward reaches every process's part). Under DDP and on one process a row's classes are
+        all here already, so it returns ``partial`` unchanged. E.g. CIFP's per-row penalty over false positives.
+        """
+        return partial
+
+    def batch_mean(self, values: Tensor) -> Tensor:
+        """Mean of a per-row quantity ``[N]`` over the global batch (a 0-d tensor, identical on every process)."""
+        values = values.detach()
+        if not self.rows_split:
+            return values.mean()
+        total = self.sum(torch.stack([values.sum(), values.new_tensor(float(values.numel()))]))
+        return total[0] / total[1]
+
+    def batch_size(self, n: int) -> int:
+        """Rows of the global batch, given the ``n`` rows this process sees."""
+        if not self.rows_split:
+            return n
+        return int(self.sum(torch.tensor([float(n)], dtype=torch.float64)).item())
 
 
 LocalContext = ReduceContext
