@@ -379,17 +379,37 @@ def test_devices_of_a_process_group():
 
 
 def test_metrics_window_sums_the_processes():
-    """The reduce hook receives (loss sum, steps, per branch: loss*seen, correct, seen) and its sums are used."""
+    """The reduce hook receives (loss sum, steps, per branch: loss*rows, correct, rows, scored); its sums are used."""
     from tface.core.train.engine import StepResult
 
-    other = [4.0, 1.0, 12.0, 4, 4, 4.0, 0, 4]  # the other rank: losses 3 (a) and 1 (b), 4 of 4 right in a
+    other = [4.0, 1.0, 12.0, 4, 4, 4, 4.0, 0, 4, 4]  # the other rank: losses 3 (a) and 1 (b), 4 of 4 right in a
     window = MetricsWindow(["a", "b"], reduce=lambda v: [x + y for x, y in zip(v, other)])
-    window.add(StepResult(2.0, 0.1, {"a": (1.0, 3, 4), "b": (3.0, 1, 4)}))
+    window.add(StepResult(2.0, 0.1, {"a": (1.0, 3, 4, 4), "b": (3.0, 1, 4, 4)}))
     record = window.record(1, 0, 0.1)
     assert record["loss"] == pytest.approx((2.0 + 4.0) / 2)
     assert record["top1"] == pytest.approx(100.0 * (3 + 1 + 4 + 0) / 16)
     assert record["branches"]["a"] == pytest.approx({"loss": (4.0 + 12.0) / 8, "top1": 100.0 * 7 / 8})
     assert record["branches"]["b"] == pytest.approx({"loss": (12.0 + 4.0) / 8, "top1": 100.0 * 1 / 8})
+
+
+def test_metrics_window_without_a_classifier_reports_no_top1():
+    """A branch trained by embedding losses only scores no rows: its loss is reported, top-1 is absent."""
+    from tface.core.train.engine import StepResult
+
+    window = MetricsWindow(["a", "b"])
+    window.add(StepResult(2.0, 0.1, {"a": (1.0, 3, 4, 4), "b": (3.0, 0, 4, 0)}))
+    record = window.record(1, 0, 0.1)
+    assert record["top1"] == pytest.approx(75.0)  # over a's 4 scored rows only
+    assert record["branches"]["b"] == pytest.approx({"loss": 3.0})
+    window.add(StepResult(1.0, 0.1, {"a": (1.0, 0, 4, 0), "b": (1.0, 0, 4, 0)}))
+    assert "top1" not in window.record(2, 0, 0.1)
+
+
+def test_metrics_window_loads_a_window_saved_before_scored_rows():
+    window = MetricsWindow(["a"])
+    window.load_state_dict({"branches": {"a": [4.0, 3, 4]}, "total": 1.0, "steps": 1, "seconds": 0.0,
+                            "skipped": 0, "grad_norms": []})
+    assert window.branches["a"] == [4.0, 3, 4, 4]
 
 
 def test_sigterm_in_a_process_group_becomes_a_peer_lost_error():

@@ -14,14 +14,14 @@ def test_the_table():
     assert [(k.name, k.singular, k.slot, k.many, k.group) for k in kinds.TABLE] == [
         ("backbones", "backbone", "backbone", False, "tface.backbones"),
         ("heads", "head", "head", False, "tface.heads"),
-        ("losses", "loss", None, False, "tface.losses"),
+        ("losses", "loss", "loss", True, "tface.losses"),
         ("augmenters", "augmenter", "augment", True, "tface.augmenters"),
         ("datasets", "dataset", "data", True, "tface.datasets"),
         ("protocols", "protocol", "eval", True, "tface.protocols"),
         ("plugins", "plugin", None, False, "tface.plugins"),
     ]
     assert tuple(k.name for k in kinds.TABLE) == kinds.NAMES
-    assert [k.slot for k in kinds.in_recipe()] == ["backbone", "head", "augment", "data", "eval"]
+    assert [k.slot for k in kinds.in_recipe()] == ["backbone", "head", "loss", "augment", "data", "eval"]
     assert kinds.singular("heads") == "head" and kinds.singular("widgets") == "widgets"
     with pytest.raises(KeyError):
         kinds.get("widgets")
@@ -45,9 +45,9 @@ def test_the_registry_and_the_recipe_derive_their_lists_from_it():
     assert registry.KINDS == kinds.NAMES
     assert recipe._COMPONENTS == {"backbone": "backbones", "head": "heads"}
     assert recipe._COMPONENT_LISTS == {"augment": "augmenters", "eval": "protocols"}
-    assert recipe._DATA_KIND == "datasets"
+    assert recipe._DATA_KIND == "datasets" and recipe._LOSS_KIND == "losses"
     top_level = {"seed", "device", "output_dir", "train", "distributed", "classifier", "data", "backbone", "head",
-                 "augment", "eval"}
+                 "loss", "augment", "eval"}
     assert top_level == recipe._TOP_LEVEL
     assert set(kinds.NAMES) >= {kind for provided in catalog.DISTRIBUTIONS.values() for kind in provided}
 

@@ -220,7 +220,7 @@ def test_clipping_scales_the_gradient_to_the_norm_over_backbone_and_classifiers(
     result = StepEngine(setup).step([b], 1)
     # the same maths by hand: loss, gradients, their global norm, the scaled SGD step
     emb = ref[0](b.images.float() / 127.5 - 1.0)
-    loss, _ = ref[1]["a"](emb, b.labels[0])
+    loss = ref[1]["a"](emb, b.labels[0]).loss
     grads = torch.autograd.grad(loss, [p for m in ref for p in m.parameters()])
     norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
     assert norm > clip and result.grad_norm == pytest.approx(norm, rel=1e-5)
@@ -247,12 +247,12 @@ def test_classifier_casts_low_precision_logits_to_fp32_for_the_softmax():
     torch.manual_seed(0)
     clf = Classifier(5, 6, HalfHead())
     emb, labels = torch.randn(8, 6), torch.randint(0, 5, (8,))
-    loss, _ = clf(emb, labels)  # bf16 logits out of the head, fp32 softmax
+    loss = clf(emb, labels).loss  # bf16 logits out of the head, fp32 softmax
     assert loss.dtype == torch.float32
     reference = F.cross_entropy(clf.head(clf.head_input(emb, labels)).float(), labels)
     assert loss.item() == reference.item()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, _ = clf(emb, labels)
+        loss = clf(emb, labels).loss
         logits = clf.head(clf.head_input(emb, labels))
     assert loss.dtype == torch.float32
     assert loss.item() == F.cross_entropy(logits.float(), labels).item()

@@ -78,7 +78,8 @@ def test_loss_is_softmax_cross_entropy_of_the_logits():
     emb = torch.randn(6, 4, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
     clf = Classifier(5, 4, CosFace(s=16.0, m=0.3)).double()
-    loss, cos = clf(emb, labels)
+    loss = clf(emb, labels).loss
+    cos = clf.head_input(emb, labels).cos.detach()
     ref = 0.0
     for i in range(6):
         z = [16.0 * (float(cos[i, j]) - (0.3 if j == int(labels[i]) else 0.0)) for j in range(5)]
@@ -90,7 +91,7 @@ def test_gradients_finite_at_cos_one():
     head = ArcFace(s=64.0, m=0.5)
     clf = Classifier(3, 4, head)
     emb = clf.weight.detach()[[0, 1]].clone().requires_grad_(True)  # cos exactly 1 with its own centre
-    loss, _ = clf(emb * 5, torch.tensor([0, 1]))
+    loss = clf(emb * 5, torch.tensor([0, 1])).loss
     loss.backward()
     assert torch.isfinite(emb.grad).all() and torch.isfinite(clf.weight.grad).all()
 

@@ -23,7 +23,11 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         ),
         "plugins": ("backbone-commands", "backbone-weights"),
     },
-    "tface-heads": {"heads": ("arcface", "cosface")},
+    "tface-heads": {
+        "heads": ("arcface", "cosface", "curricularface", "CurricularFace", "normface", "NormFace", "sphereface",
+                  "cifp", "Cifp", "CIFP", "adaface", "magface", "subcenter_arcface"),
+        "losses": ("softmax", "focal", "triplet", "ddl"),
+    },
     "tface-augment": {"augmenters": ("flip",)},
     "tface-eval": {"protocols": ("verification", "ijb", "rfw")},
 }

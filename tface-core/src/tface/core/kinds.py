@@ -46,7 +46,8 @@ class Kind:
 TABLE: tuple[Kind, ...] = (
     Kind("backbones", "backbone", "torch.nn:Module", slot="backbone"),
     Kind("heads", "head", "tface.core.classifier:MarginHead", slot="head"),
-    Kind("losses", "loss", "torch.nn:Module", slot=None),
+    # ``[[loss]]``: the objective (tface.core.losses says which inputs each loss takes)
+    Kind("losses", "loss", "torch.nn:Module", slot="loss", many=True),
     Kind("augmenters", "augmenter", "collections.abc:Callable", slot="augment", many=True),
     # ``[data]`` (one branch) or ``[[data]]`` (several); the recipe splits off the branch keys
     Kind("datasets", "dataset", "tface.core.data.source:DatasetSource", slot="data", many=True),

@@ -58,6 +58,54 @@ class StartWeights:
 #: Keys of a ``[backbone]`` or ``[classifier]`` table that name the weights to start from (not component options).
 WEIGHT_KEYS = ("checkpoint", "strict")
 
+CLASSIFIER_MODES = ("local", "sharded", "sampled")
+
+
+def _sample_rate(instance: Any, attribute: Any, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must lie in (0, 1], got {value}")
+
+
+@attrs.define
+class ClassifierConfig(StartWeights):
+    """The ``[classifier]`` table: how class centres are held, and the weights they start from.
+
+    ``mode``: ``local`` (every process holds every class; DDP averages their gradients), ``sharded`` (each
+    process holds a contiguous range of classes; the softmax is completed across processes) or ``sampled``
+    (sharded, and each step scores every positive class plus random negatives up to ``sample_rate`` of each
+    shard: Partial FC). ``init_std``: centres start from N(0, init_std²).
+    """
+
+    mode: str = attrs.field(default="local", validator=attrs.validators.in_(CLASSIFIER_MODES))
+    sample_rate: float = attrs.field(default=0.1, validator=_sample_rate)
+    init_std: float = attrs.field(default=0.01, validator=attrs.validators.gt(0))
+
+    def to_table(self) -> dict[str, Any]:
+        """The keys that differ from the defaults (a default recipe dumps no ``[classifier]`` table)."""
+        out: dict[str, Any] = {}
+        if self.mode != "local":
+            out["mode"] = self.mode
+        if self.mode == "sampled":
+            out["sample_rate"] = self.sample_rate
+        if self.init_std != 0.01:
+            out["init_std"] = self.init_std
+        return {**out, **super().to_table()}
+
+
+@attrs.define
+class LossTerm:
+    """One ``[[loss]]`` table: a ``tface.losses`` component and its weight in the branch's loss."""
+
+    component: Component
+    weight: float = 1.0
+
+    @property
+    def takes(self) -> str:
+        return str(getattr(registry.get(self.component.kind, self.component.name), "takes", ""))
+
+    def to_table(self) -> dict[str, Any]:
+        return {**self.component.to_table(), "weight": self.weight}
+
 
 @attrs.define
 class Component:
@@ -204,17 +252,25 @@ class Recipe:
 
     data: list[DataBranch]
     backbone: Component
-    head: Component
+    #: the margin head; None when no ``[[loss]]`` uses a classifier (embedding losses only)
+    head: Component | None
     train: TrainConfig = attrs.field(factory=TrainConfig)
     distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
-    #: the ``[classifier]`` table: the class centres (and head state) to start from
-    classifier: StartWeights = attrs.field(factory=StartWeights)
+    #: the ``[classifier]`` table: how centres are held, and the centres (and head state) to start from
+    classifier: ClassifierConfig = attrs.field(factory=ClassifierConfig)
+    #: the ``[[loss]]`` tables; empty: the classifier's softmax cross-entropy
+    loss: list[LossTerm] = attrs.field(factory=list)
     augment: list[Component] = attrs.field(factory=list)
     eval: list[Component] = attrs.field(factory=list)
     seed: int = 0
     device: str = "auto"
     output_dir: Path | None = None
     source: Path | None = None
+
+    @property
+    def uses_classifier(self) -> bool:
+        """Whether the objective has a classification loss (the default), hence a head and classifiers."""
+        return not self.loss or any(t.takes == "nll" for t in self.loss)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seed": self.seed, "device": self.device}
@@ -223,9 +279,12 @@ class Recipe:
         tables = [b.to_table() for b in self.data]
         out["data"] = tables[0] if len(tables) == 1 and not self.data[0].explicit else tables
         out["backbone"] = self.backbone.to_table()
-        out["head"] = self.head.to_table()
-        if self.classifier.checkpoint is not None:
+        if self.head is not None:
+            out["head"] = self.head.to_table()
+        if self.classifier.to_table():
             out["classifier"] = self.classifier.to_table()
+        if self.loss:
+            out["loss"] = [t.to_table() for t in self.loss]
         out["train"] = unstructure(self.train)
         out["distributed"] = unstructure(self.distributed)
         if self.augment:
@@ -240,8 +299,9 @@ class Recipe:
 #: recipe key -> kind, from the kinds table: one table each (``[head]``) or an array of tables (``[[eval]]``);
 #: ``data`` has its own reader (branch keys, ``[data]`` or ``[[data]]``)
 _COMPONENTS = {k.slot: k.name for k in kinds.in_recipe() if not k.many}
-_COMPONENT_LISTS = {k.slot: k.name for k in kinds.in_recipe() if k.many and k.slot != "data"}
+_COMPONENT_LISTS = {k.slot: k.name for k in kinds.in_recipe() if k.many and k.slot not in ("data", "loss")}
 _DATA_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "data")
+_LOSS_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "loss")
 _TOP_LEVEL = {"seed", "device", "output_dir", "train", "distributed", "classifier",
               *(k.slot for k in kinds.in_recipe())}
 _DEVICES = ("auto", "cpu", "cuda")
@@ -304,6 +364,76 @@ def _start_weights(table: Any, path: str, base: Path, problems: list[str]) -> St
     return weights
 
 
+def _classifier(table: Any, base: Path, problems: list[str]) -> ClassifierConfig | None:
+    try:
+        cfg = structure(ClassifierConfig, table, "classifier")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+    if isinstance(table, Mapping) and "sample_rate" in table and cfg.mode != "sampled":
+        problems.append(f'classifier.sample_rate: only used with mode = "sampled" (mode is "{cfg.mode}")')
+    if cfg.checkpoint is not None:
+        cfg.checkpoint = _resolve_paths(cfg.checkpoint, base)
+    return cfg
+
+
+def _loss_tables(raw: Any) -> list[Any] | None:
+    if raw is None:
+        return []
+    tables = [raw] if isinstance(raw, dict) else raw
+    return tables if isinstance(tables, list) else None
+
+
+def _embedding_only(raw: Any) -> bool:
+    """Whether ``[[loss]]`` lists losses and none of them is a classification loss (so no head is needed)."""
+    tables = _loss_tables(raw)
+    if not tables:
+        return False
+    for t in tables:
+        try:
+            obj = registry.get(_LOSS_KIND, t.get("name")) if isinstance(t, dict) else None
+        except registry.RegistryError:
+            obj = None
+        if obj is None or getattr(obj, "takes", None) == "nll":
+            return False
+    return True
+
+
+def _losses(raw: Any, base: Path, problems: list[str]) -> list[LossTerm]:
+    """``[[loss]]``: each a ``tface.losses`` component plus ``weight``; at most one classification loss."""
+    from tface.core.losses import RECIPE_INPUTS
+
+    tables = _loss_tables(raw)
+    if tables is None:
+        problems.append("loss: expected an array of tables ([[loss]])")
+        return []
+    out: list[LossTerm] = []
+    for i, table in enumerate(tables):
+        path = f"loss[{i}]"
+        if not isinstance(table, dict):
+            problems.append(f"{path}: expected a table with a name, got {json.dumps(table)}")
+            continue
+        weight = table.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            problems.append(f"{path}.weight: expected a number >= 0, got {json.dumps(weight)}")
+            continue
+        component = _component(_LOSS_KIND, {k: v for k, v in table.items() if k != "weight"}, path, base, problems)
+        if component is None:
+            continue
+        term = LossTerm(component, float(weight))
+        if term.takes not in RECIPE_INPUTS:
+            problems.append(f"{path}.name: loss {component.name!r} takes {term.takes or 'unknown inputs'!r}, not a "
+                            "classifier's nll or embeddings: a training method uses it, not [[loss]]")
+            continue
+        out.append(term)
+    nll = [i for i, t in enumerate(out) if t.takes == "nll"]
+    if len(nll) > 1:
+        problems.append(f"loss: {len(nll)} classification losses ({', '.join(out[i].component.name for i in nll)}); "
+                        "a branch has one classifier, so list at most one")
+    return out
+
+
 def _branches(raw: Any, base: Path, problems: list[str]) -> list[DataBranch] | None:
     """``[data]`` (one branch) or ``[[data]]`` (several): branch keys split off, the rest is the source."""
     if raw is None:
@@ -364,8 +494,10 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
             hint = closest(key, sorted(_TOP_LEVEL))
             problems.append(f"{key}: unknown key" + (f'; did you mean "{hint}"?' if hint else "")
                             + f" (valid keys: {', '.join(sorted(_TOP_LEVEL))})")
-    parts: dict[str, Any] = {}
+    parts: dict[str, Any] = {"head": None}
     for key, kind in _COMPONENTS.items():
+        if key == "head" and key not in raw and _embedding_only(raw.get("loss")):
+            continue  # the objective has no classification loss: no classifier, no head
         if key not in raw:
             problems.append(f"{key}: required table is missing")
             continue
@@ -384,7 +516,8 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
     except ConfigError as exc:
         problems.extend(exc.problems)
         train = None
-    classifier = _start_weights(raw.get("classifier", {}), "classifier", base, problems)
+    classifier = _classifier(raw.get("classifier", {}), base, problems)
+    losses = _losses(raw.get("loss"), base, problems)
     try:
         distributed = structure(DistributedConfig, raw.get("distributed", {}), "distributed")
     except ConfigError as exc:
@@ -407,6 +540,13 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
                 problems.append(f"{where}.sampler_k: the batch size {b.batch(train)} must be a multiple "
                                 f"of sampler_k = {b.images_per_identity} (images per identity) for the balanced "
                                 "sampler")
+    if parts["head"] is not None and losses and not any(t.takes == "nll" for t in losses):
+        problems.append("head: the [[loss]] tables hold no classification loss (softmax, focal, ...), so no "
+                        "classifier is built and the head would be unused; remove [head] or add one")
+    if classifier is not None and classifier.mode == "sampled" and train is not None and train.accumulate > 1:
+        problems.append('classifier.mode = "sampled" draws new negatives every micro-batch, so it cannot '
+                        f"accumulate gradients (train.accumulate = {train.accumulate}); use mode = \"sharded\" "
+                        "or accumulate = 1")
     if problems:
         raise ConfigError(problems)
     return Recipe(
@@ -415,7 +555,8 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
         head=parts["head"],
         train=train,
         distributed=distributed,
-        classifier=classifier,
+        classifier=classifier if classifier is not None else ClassifierConfig(),
+        loss=losses,
         augment=parts["augment"],
         eval=parts["eval"],
         seed=seed,

@@ -6,8 +6,8 @@ and the result (object or failure) is cached. One broken plugin never stops the 
 import (``SystemExit`` included; only ``KeyboardInterrupt`` passes) marks that entry point broken.
 
 Several entry points of one distribution with the same target are one component: the entry named
-like the target's object (else the first lower-case name) is its name, the others are aliases
-(``IR_50`` for ``ir_50``, TFace's spelling).
+like the target's object in lower case (else exactly like it, else the first lower-case name) is its name,
+the others are aliases (``IR_50`` for ``ir_50``, ``CurricularFace`` for ``curricularface``: TFace's spelling).
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def _scan(kind: str, allowed: frozenset[str] | None) -> tuple[Entry, ...]:
     for (dist_key, target), eps in groups.items():
         attr = target.rpartition(":")[2].rpartition(".")[2]
         lower = sorted((ep for ep in eps if ep.name == ep.name.lower()), key=lambda ep: ep.name)
-        primary = next((ep for ep in eps if ep.name == attr), lower[0] if lower else eps[0])
+        primary = next((ep for ep in eps if ep.name == attr.lower()),
+                       next((ep for ep in eps if ep.name == attr), lower[0] if lower else eps[0]))
         dist_name, version = meta[dist_key]
         aliases = tuple(ep.name for ep in eps if ep is not primary)
         found.append(Entry(kind, primary.name, dist_name, version, primary.value, primary, aliases))

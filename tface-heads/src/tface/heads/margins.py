@@ -15,9 +15,33 @@ from torch import Tensor
 from tface.core.classifier import HeadInput, MarginHead
 from tface.core.config import option, options
 
-__all__ = ["ArcFace", "CosFace"]
+__all__ = ["ArcFace", "CosFace", "arc_constants", "cos_plus", "arc_target"]
 
 _positive = attrs.validators.gt(0)
+
+#: floor of ``1 − cos²`` under the square root: ``d sinθ / d cos`` stays finite at |cos| = 1 (TFace has none)
+SIN2_MIN = 1e-7
+
+
+def arc_constants(m: float) -> tuple[float, float, float, float]:
+    """``(cos m, sin m, th, mm)`` for :func:`arc_target`: ``th = cos(π − m)``, ``mm = sin(π − m)·m``."""
+    return math.cos(m), math.sin(m), math.cos(math.pi - m), math.sin(math.pi - m) * m
+
+
+def cos_plus(cos: Tensor, cos_m: float | Tensor, sin_m: float | Tensor) -> Tensor:
+    """``cos(θ + m)`` from ``cos θ`` (θ ∈ [0, π]), with ``1 − cos²`` clamped before the square root."""
+    sin = torch.sqrt((1.0 - cos * cos).clamp(min=SIN2_MIN))
+    return cos * cos_m - sin * sin_m
+
+
+def arc_target(cos: Tensor, cos_m: float | Tensor, sin_m: float | Tensor,
+               th: float | Tensor, mm: float | Tensor) -> Tensor:
+    """ArcFace's target ``cos(θ + m)``, or ``cos θ − mm`` where ``cos θ ≤ th`` (θ + m would pass π).
+
+    The fallback keeps the logit monotone in θ. The constants come from :func:`arc_constants`; they may
+    also be tensors broadcasting against ``cos`` (MagFace's per-row margin).
+    """
+    return torch.where(cos > th, cos_plus(cos, cos_m, sin_m), cos - mm)
 
 
 class _TargetMargin(MarginHead):
@@ -53,16 +77,12 @@ class ArcFace(_TargetMargin):
                  easy_margin: bool = False):
         super().__init__(s, m)
         self.easy_margin = bool(easy_margin)
-        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
-        self.th = math.cos(math.pi - m)
-        self.mm = math.sin(math.pi - m) * m
+        self.cos_m, self.sin_m, self.th, self.mm = arc_constants(m)
 
     def target_logit(self, cos: Tensor) -> Tensor:
-        sin = torch.sqrt((1.0 - cos * cos).clamp(min=1e-7))
-        phi = cos * self.cos_m - sin * self.sin_m
         if self.easy_margin:
-            return torch.where(cos > 0, phi, cos)
-        return torch.where(cos > self.th, phi, cos - self.mm)
+            return torch.where(cos > 0, cos_plus(cos, self.cos_m, self.sin_m), cos)
+        return arc_target(cos, self.cos_m, self.sin_m, self.th, self.mm)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", easy_margin={self.easy_margin}"

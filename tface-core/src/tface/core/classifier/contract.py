@@ -13,7 +13,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ReduceContext", "LocalContext", "HeadInput", "HeadOutput", "MarginHead"]
+__all__ = ["ReduceContext", "LocalContext", "HeadInput", "HeadOutput", "MarginHead", "ClassifierOutput"]
 
 
 class ReduceContext:
@@ -132,3 +132,17 @@ class MarginHead(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, batch: HeadInput) -> Tensor | HeadOutput:
         """Logits ``[N, C_local]`` (already scaled), or a :class:`HeadOutput` with an extra loss term."""
+
+
+@attrs.frozen
+class ClassifierOutput:
+    """What a classifier returns for one branch and step.
+
+    ``loss``: the classification loss of the global batch (the same number on every process).
+    ``correct`` / ``seen``: top-1 hits and rows among *this process's* rows, so that summing over processes
+    gives the global batch's count in every layout (computed without gathering logits).
+    """
+
+    loss: Tensor
+    correct: int
+    seen: int

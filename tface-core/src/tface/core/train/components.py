@@ -39,6 +39,12 @@ class Components:
         built: dict[str, Any] = {}
         for kind in kinds.in_recipe():  # the recipe slots, from the one table of kinds
             value = getattr(recipe, kind.slot)
+            if value is None:  # no [head]: embedding losses only
+                built[kind.name] = None
+                continue
+            if kind.slot == "loss":
+                built[kind.name] = [t.component.build(f"loss[{i}]") for i, t in enumerate(value)]
+                continue
             if not kind.many:
                 built[kind.name] = value.build(kind.slot)
                 continue
@@ -47,7 +53,9 @@ class Components:
             built[kind.name] = [c.build(key) for c, key in zip(tables, keys)]
         self.sources: list[Any] = built["datasets"]
         self.backbone: nn.Module = built["backbones"]
-        self.head: nn.Module = built["heads"]
+        self.head: nn.Module | None = built["heads"]
+        #: the built ``[[loss]]`` components, in recipe order (weights in ``recipe.loss``)
+        self.losses: list[nn.Module] = built["losses"]
         self.augmenters: list[Any] = built["augmenters"]
         self.protocols: list[Any] = built["protocols"]
         backbone_info(self.backbone, recipe.backbone.name)  # the contract, checked by --dry-run too
@@ -78,8 +86,13 @@ class Components:
         ]
         lines += [
             f"backbone  {r.backbone.name}: {type(self.backbone).__name__}, {params(self.backbone)}",
-            f"head      {r.head.name}: {self.head}",
         ]
+        if r.head is not None:
+            lines.append(f"head      {r.head.name}: {self.head}")
+        if r.uses_classifier:
+            c = r.classifier
+            lines.append(f"classifier {c.mode}" + (f", sample_rate {c.sample_rate:g}" if c.mode == "sampled" else ""))
+        lines += [f"loss      {t.component.name}: weight {t.weight:g}" for t in r.loss]
         lines += [f"augment   {c.name}: {a}" for c, a in zip(r.augment, self.augmenters)]
         lines += [f"eval      {c.name}: {type(p).__name__}" for c, p in zip(r.eval, self.protocols)]
         return lines

@@ -16,11 +16,13 @@ import attrs
 import torch
 from torch import nn
 
+from tface.core.classifier import ReduceContext, ShardedClassifier
 from tface.core.data.branches import MultiBatch
 from tface.core.train.errors import TrainingError
 from tface.core.train.setup import TrainingSetup
 
-__all__ = ["StepResult", "StepEngine", "TrainModule", "train_module", "autocast", "MAX_CONSECUTIVE_SKIPS"]
+__all__ = ["StepResult", "StepEngine", "TrainModule", "train_module", "autocast", "clip_grad_norm",
+           "MAX_CONSECUTIVE_SKIPS"]
 
 #: Under ``on_nonfinite = "skip"``, this many skipped steps in a row stop the run: skipping rides over a rare
 #: bad batch, but a loss that stays non-finite means the data or the settings are broken.
@@ -31,7 +33,10 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @attrs.frozen
 class StepResult:
-    """One step's numbers: the total loss, the LR it used, per branch (loss, correct, seen).
+    """One step's numbers: the total loss, the LR it used, per branch (loss, correct, rows, scored).
+
+    ``correct`` counts top-1 hits among the ``scored`` rows (those a classifier scored; 0 for a branch trained
+    by embedding losses only), all among this process's ``rows``.
 
     ``skipped``: the loss was non-finite and ``on_nonfinite = "skip"`` dropped the update (the numbers are then
     meaningless). ``grad_norm``: the gradient norm before clipping, when clipping is on.
@@ -39,7 +44,7 @@ class StepResult:
 
     loss: float
     lr: float
-    branches: dict[str, tuple[float, int, int]]
+    branches: dict[str, tuple[float, int, int, int]]
     skipped: bool = False
     grad_norm: float | None = None
 
@@ -55,30 +60,80 @@ def autocast(setup: TrainingSetup) -> contextlib.AbstractContextManager:
 def train_module(setup: TrainingSetup) -> TrainModule:
     """The forward of a step over ``setup``: the (compiled, under ``train.compile``) backbone and the classifiers."""
     backbone = setup.compiled if setup.compiled is not None else setup.backbone
-    return TrainModule(backbone, setup.classifiers, lambda: autocast(setup))
+    return TrainModule(backbone, setup.classifiers, lambda: autocast(setup), setup.embedding_losses,
+                       setup.classifier_weight)
+
+
+#: One branch's outcome of a forward: its weighted loss, top-1 hits, rows, and rows a classifier scored.
+BranchOut = tuple[torch.Tensor, int, int, int]
 
 
 class TrainModule(nn.Module):
-    """The backbone and the classifiers as one module, so one wrap (DDP) covers every parameter a step trains.
+    """The backbone, the replicated classifiers and the embedding losses as one module, so one wrap (DDP)
+    covers every parameter whose gradient the processes average.
 
+    Sharded classifiers are called from the forward but are not submodules: their centres differ per process
+    and their gradients are already exact, so DDP must not average them.
     Only the backbone runs under ``autocast``; the classifiers (cosines, margins, softmax cross-entropy) see fp32
     embeddings and run in fp32, so a margin of a few hundredths is not lost in bf16's 8-bit mantissa.
     """
 
     def __init__(self, backbone: nn.Module, classifiers: nn.ModuleDict,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 embedding_losses: Sequence[tuple[nn.Module, float]] = (), classifier_weight: float = 1.0):
         super().__init__()
         self.backbone = backbone
-        self.classifiers = classifiers
+        self.classifiers = nn.ModuleDict({n: c for n, c in classifiers.items() if not isinstance(c, ShardedClassifier)})
+        self.embedding_losses = nn.ModuleList([m for m, _ in embedding_losses])
+        self.loss_weights = [float(w) for _, w in embedding_losses]
+        self.classifier_weight = float(classifier_weight)
         self.autocast = autocast
+        # a plain dict: not registered, so DDP neither syncs nor broadcasts the shards
+        self.__dict__["sharded"] = {n: c for n, c in classifiers.items() if isinstance(c, ShardedClassifier)}
 
-    def forward(self, images: torch.Tensor, batch: MultiBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per branch of ``batch``: its classifier's (loss, cosine logits) on that branch's embeddings."""
+    def forward(self, images: torch.Tensor, batch: MultiBatch) -> list[BranchOut]:
+        """Per branch of ``batch``: (loss, correct, rows, scored) on that branch's embeddings."""
         with self.autocast():
             embeddings = self.backbone(images)
         embeddings = embeddings.float()
-        return [self.classifiers[name](emb, labels)
-                for name, emb, labels in zip(batch.names, batch.split(embeddings), batch.labels)]
+        out: list[BranchOut] = []
+        for name, emb, labels in zip(batch.names, batch.split(embeddings), batch.labels):
+            classifier = self.classifiers[name] if name in self.classifiers else self.sharded.get(name)
+            loss: torch.Tensor | None = None
+            correct = scored = 0
+            if classifier is not None:
+                result = classifier(emb, labels)
+                loss = result.loss * self.classifier_weight if self.classifier_weight != 1 else result.loss
+                correct, scored = result.correct, result.seen
+            for module, weight in zip(self.embedding_losses, self.loss_weights):
+                term = module(emb, labels) * weight
+                loss = term if loss is None else loss + term
+            assert loss is not None, "a recipe without a classifier has at least one embedding loss"
+            out.append((loss, correct, len(labels), scored))
+        return out
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], shard_params: Sequence[torch.Tensor], max_norm: float,
+                   ctx: ReduceContext | None) -> float:
+    """Clip the gradient of the whole model to ``max_norm``; returns the norm before clipping.
+
+    Sharded centres differ per process, so their squared norms are summed over the processes; every process
+    then computes the same norm and scales alike (a per-process norm would make the backbones diverge).
+    """
+    if not shard_params or ctx is None:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grads = [p.grad for p in params if p.grad is not None]
+    shard = [p.grad for p in shard_params if p.grad is not None]
+    device = (grads or shard)[0].device
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    own = sum((g.detach().double().pow(2).sum() for g in grads), zero)
+    split = ctx.sum(sum((g.detach().double().pow(2).sum() for g in shard), zero).reshape(1)).reshape(())
+    norm = float(torch.sqrt(own + split))
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1:
+        for g in grads + shard:
+            g.mul_(coef)
+    return norm
 
 
 class StepEngine:
@@ -89,25 +144,33 @@ class StepEngine:
         #: steps dropped under ``on_nonfinite = "skip"``: in total, and in a row up to now
         self.skipped = 0
         self.consecutive_skips = 0
-        self._params = [p for m in (setup.backbone, setup.classifiers) for p in m.parameters() if p.requires_grad]
+        sharded = [c for c in setup.classifiers.values() if isinstance(c, ShardedClassifier)]
+        replicated = [setup.backbone, *(c for c in setup.classifiers.values() if not isinstance(c, ShardedClassifier)),
+                      *(m for m, _ in setup.embedding_losses)]
+        self._params = [p for m in replicated for p in m.parameters() if p.requires_grad]
+        #: centres that differ per process: the gradient norm adds their squares over the processes
+        self._shard_params = [p for c in sharded for p in c.parameters() if p.requires_grad]
+        self._shard_ctx = sharded[0].ctx if sharded else None
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [*self.setup.backbone.buffers(), *self.setup.classifiers.buffers()]
+        """What a skipped step restores: the backbone's and the heads' buffers (never the centre stores)."""
+        heads = [b for c in self.setup.classifiers.values() for b in c.head.buffers()]
+        return [*self.setup.backbone.buffers(), *heads]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The backbone's autocast context for ``train.precision`` (nothing for fp32)."""
         return autocast(self.setup)
 
-    def forward(self, batch: MultiBatch) -> tuple[torch.Tensor, dict[str, tuple[float, int, int]]]:
-        """Weighted sum of the branch losses; per branch (loss, correct, seen) for the logs."""
+    def forward(self, batch: MultiBatch) -> tuple[torch.Tensor, dict[str, tuple[float, int, int, int]]]:
+        """Weighted sum of the branch losses; per branch (loss, correct, rows, scored rows) for the logs."""
         s = self.setup
         images = s.info.normalize(batch.images).contiguous(memory_format=s.memory_format)
         total: torch.Tensor | None = None
-        stats: dict[str, tuple[float, int, int]] = {}
-        for name, labels, (loss, cos) in zip(batch.names, batch.labels, self.module(images, batch)):
+        stats: dict[str, tuple[float, int, int, int]] = {}
+        for name, (loss, correct, seen, scored) in zip(batch.names, self.module(images, batch)):
             weighted = loss * s.weights[name]
             total = weighted if total is None else total + weighted
-            stats[name] = (loss.item(), int((cos.argmax(1) == labels).sum()), len(labels))
+            stats[name] = (loss.item(), correct, seen, scored)
         assert total is not None
         return total, stats
 
@@ -124,25 +187,25 @@ class StepEngine:
         saved = [b.detach().clone() for b in self._buffers()] if skip else None
         s.optimizer.zero_grad(set_to_none=True)
         losses: list[float] = []
-        stats: dict[str, tuple[float, int, int]] = {}
+        stats: dict[str, tuple[float, int, int, int]] = {}
         for i, batch in enumerate(batches):
             loss, micro = self.forward(batch.to(s.device))
             if not torch.isfinite(loss):
-                bad = [n for n, (v, _, _) in micro.items() if not math.isfinite(v)] or list(micro)
+                bad = [n for n, (v, *_) in micro.items() if not math.isfinite(v)] or list(micro)
                 where = f"branch {', '.join(map(repr, bad))}" + (f", micro-batch {i + 1} of {k}" if k > 1 else "")
                 return self._nonfinite(f"loss became {loss.item()} at step {step} ({where})", saved)
             with s.sync_context(i == k - 1):
                 scaled = loss / k if k > 1 else loss
                 (s.scaler.scale(scaled) if s.scaler is not None else scaled).backward()
             losses.append(loss.item())
-            for name, (v, correct, seen) in micro.items():
-                old = stats.get(name, (0.0, 0, 0))
-                stats[name] = (old[0] + v / k, old[1] + correct, old[2] + seen)
+            for name, (v, correct, seen, scored) in micro.items():
+                old = stats.get(name, (0.0, 0, 0, 0))
+                stats[name] = (old[0] + v / k, old[1] + correct, old[2] + seen, old[3] + scored)
         grad_norm = None
         if s.cfg.clip_grad_norm:
             if s.scaler is not None:
                 s.scaler.unscale_(s.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, s.cfg.clip_grad_norm))
+            grad_norm = clip_grad_norm(self._params, self._shard_params, s.cfg.clip_grad_norm, self._shard_ctx)
             # under fp16 an overflow is the scaler's business: it skips the update and lowers the scale
             if not math.isfinite(grad_norm) and s.scaler is None:
                 return self._nonfinite(f"gradient norm became {grad_norm} at step {step} (backbone and classifiers)",

@@ -2,7 +2,9 @@
 
 Backbone files are read by the one weights reader (:mod:`tface.core.weights`), so anything ``tface eval``
 accepts works here. A classifier file is a tface run checkpoint (``last.pt``: one classifier per data branch,
-matched by branch name, or the only one to the only one) or one classifier's plain ``state_dict``.
+matched by branch name, or the only one to the only one), one classifier's plain ``state_dict``, or TFace's
+head checkpoint (``HEAD_Epoch_*_checkpoint.pth``, split files included: :mod:`~tface.core.train.tfacehead`).
+Whole centres load into any ``[classifier] mode``: a sharded process takes its rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 
 from tface.core.recipe import Recipe, StartWeights
 from tface.core.train.errors import TrainingError
+from tface.core.train.tfacehead import is_tface_heads, tface_head_states
 from tface.core.weights import WeightsError, load_into, read_file
 
 __all__ = ["load_start_weights", "check_start_weights"]
@@ -70,6 +73,11 @@ def load_start_weights(recipe: Recipe, backbone: nn.Module, classifiers: nn.Modu
     except WeightsError as exc:
         raise TrainingError(f"classifier.checkpoint: {exc}") from exc
     names = list(classifiers.keys())
+    if is_tface_heads(obj):
+        try:
+            obj = {"classifiers": tface_head_states(weights.checkpoint, obj)}
+        except (ValueError, OSError, WeightsError) as exc:
+            raise TrainingError(f"classifier.checkpoint: {exc}") from exc
     states = _classifier_states(obj, str(weights.checkpoint), names)
     absent = [n for n in names if n not in states]
     if absent and weights.strict:
@@ -78,6 +86,10 @@ def load_start_weights(recipe: Recipe, backbone: nn.Module, classifiers: nn.Modu
                             "strict = false starts those from random centres")
     for name in names:
         if name in states:
-            _load(classifiers[name], states[name], weights, "classifier", f"classifier of branch {name!r}", echo)
+            try:
+                state = classifiers[name].shard_state(states[name])
+            except ValueError as exc:
+                raise TrainingError(f"classifier.checkpoint: {weights.checkpoint}, branch {name!r}: {exc}") from exc
+            _load(classifiers[name], state, weights, "classifier", f"classifier of branch {name!r}", echo)
         else:
             echo(f"classifier: branch {name!r} starts from random centres ({weights.checkpoint} has none for it)")

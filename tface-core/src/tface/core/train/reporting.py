@@ -51,7 +51,7 @@ class MetricsWindow:
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
-        self.branches = {n: [0.0, 0, 0] for n in self.names}  # loss * seen, correct, seen
+        self.branches = {n: [0.0, 0, 0, 0] for n in self.names}  # loss * rows, correct, rows, scored rows
         self.total, self.steps, self.t0 = 0.0, 0, now
         self.skipped, self.grad_norms = 0, []
 
@@ -61,11 +61,12 @@ class MetricsWindow:
             return
         if result.grad_norm is not None:
             self.grad_norms.append(result.grad_norm)
-        for n, (branch_loss, correct, seen) in result.branches.items():
+        for n, (branch_loss, correct, seen, scored) in result.branches.items():
             w = self.branches[n]
             w[0] += branch_loss * seen
             w[1] += correct
             w[2] += seen
+            w[3] += scored
         self.total += result.loss
         self.steps += 1
 
@@ -77,7 +78,9 @@ class MetricsWindow:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the saved window: the next line covers the steps before and after the restart."""
-        self.branches = {n: [float(w[0]), int(w[1]), int(w[2])] for n, w in state["branches"].items()}
+        # windows saved before scored rows were counted have three numbers: every row was scored then
+        self.branches = {n: [float(w[0]), int(w[1]), int(w[2]), int(w[3] if len(w) > 3 else w[2])]
+                         for n, w in state["branches"].items()}
         self.total, self.steps = float(state["total"]), int(state["steps"])
         self.t0 = time.perf_counter() - float(state["seconds"])
         self.skipped, self.grad_norms = int(state["skipped"]), [float(g) for g in state["grad_norms"]]
@@ -89,13 +92,15 @@ class MetricsWindow:
             flat = self.reduce(flat)
         now = time.perf_counter()
         total, steps = flat[0], flat[1]
-        branches = {n: flat[2 + 3 * i: 5 + 3 * i] for i, n in enumerate(self.names)}
+        branches = {n: flat[2 + 4 * i: 6 + 4 * i] for i, n in enumerate(self.names)}
         seen = sum(w[2] for w in branches.values())
+        scored = sum(w[3] for w in branches.values())
         record: dict[str, Any] = {
             "step": step,
             "epoch": epoch,
             "loss": total / steps,
-            "top1": 100.0 * sum(w[1] for w in branches.values()) / seen,
+            # top-1 of the classifiers over the rows they scored; absent when no branch has a classifier
+            **({"top1": 100.0 * sum(w[1] for w in branches.values()) / scored} if scored else {}),
             "lr": lr,
             "images_per_s": seen / max(now - self.t0, 1e-9),
             **memory_mb(self.device),
@@ -105,7 +110,7 @@ class MetricsWindow:
         if self.skipped:  # steps dropped under on_nonfinite = "skip" since the last line
             record["skipped_steps"] = self.skipped
         if len(self.names) > 1:
-            record["branches"] = {n: {"loss": w[0] / w[2], "top1": 100.0 * w[1] / w[2]}
+            record["branches"] = {n: {"loss": w[0] / w[2], **({"top1": 100.0 * w[1] / w[3]} if w[3] else {})}
                                   for n, w in branches.items()}
         self._reset(now)
         return record

@@ -18,7 +18,8 @@ from torch import nn
 
 from tface.core import recipe as recipe_mod
 from tface.core.backbone import BackboneInfo, backbone_info
-from tface.core.classifier import Classifier
+from tface.core.classifier import Classifier, ReduceContext, ShardedClassifier
+from tface.core.classifier.ops import GroupContext
 from tface.core.data.branches import BranchLoader, BranchSpec
 from tface.core.train.components import Components, Compose
 from tface.core.train.ema import EMA
@@ -77,6 +78,10 @@ class TrainingSetup:
     #: more parts with a state a checkpoint saves and a resumed run restores (``state_dict`` and
     #: ``load_state_dict``), by name: e.g. the grad scaler, the EMA weights
     extra_state: dict[str, Any] = attrs.field(factory=dict)
+    #: ``[[loss]]`` terms on embeddings (module, weight), applied to every branch beside its classifier
+    embedding_losses: list[tuple[nn.Module, float]] = attrs.field(factory=list)
+    #: the weight of the classification loss in each branch's loss
+    classifier_weight: float = 1.0
     #: this process in the run (:mod:`~tface.core.train.distributed`); 0, 1, 0 for a single process
     rank: int = 0
     world_size: int = 1
@@ -143,16 +148,41 @@ def _check_image_size(specs: list[BranchSpec], info: BackboneInfo, backbone: str
                 f"= {shape[0]} if the backbone offers it, or render the data at {side} (SynthFace: data.image_size)")
 
 
-def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[BranchSpec], emb: int) -> nn.ModuleDict:
-    """One classifier per branch: class spaces of different data sets never mix (TFace: one head each)."""
+def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[BranchSpec], emb: int,
+                 world: World | None) -> nn.ModuleDict:
+    """One classifier per branch: class spaces of different data sets never mix (TFace: one head each).
+
+    ``[classifier] mode`` decides the layout: ``local`` (every process holds every centre), ``sharded`` or
+    ``sampled`` (each process holds a class range, :class:`~tface.core.classifier.ShardedClassifier`). None
+    when the ``[[loss]]`` tables hold no classification loss.
+    """
+    if not recipe.uses_classifier:
+        return nn.ModuleDict()
+    assert parts.head is not None and recipe.head is not None
     heads = [parts.head] + [recipe.head.build("head") for _ in specs[1:]]
-    for i, s in enumerate(specs):
+    nll = [(i, t) for i, t in enumerate(recipe.loss) if t.takes == "nll"]
+    cfg = recipe.classifier
+    distributed = world is not None and world.distributed
+    out = nn.ModuleDict()
+    for i, (s, head) in enumerate(zip(specs, heads)):
         n = int(s.dataset.num_classes)
         if n < 2:
             raise TrainingError(
                 f"{parts.data_keys[i]} ({recipe.data[i].source.name}): the data set has {n} "
                 f"identit{'y' if n == 1 else 'ies'}; training a classifier needs at least 2")
-    return nn.ModuleDict({s.name: Classifier(int(s.dataset.num_classes), emb, head) for s, head in zip(specs, heads)})
+        loss = recipe.loss[nll[0][0]].component.build(f"loss[{nll[0][0]}]") if nll else None
+        if cfg.mode == "local":
+            ctx = GroupContext(rows_split=True) if distributed else ReduceContext()
+            out[s.name] = Classifier(n, emb, head, cfg.init_std, loss=loss, ctx=ctx)
+            continue
+        ctx = GroupContext(rows_split=False) if distributed else ReduceContext()
+        if n < ctx.world_size:
+            raise TrainingError(f"{parts.data_keys[i]}: {n} classes cannot be sharded over {ctx.world_size} "
+                                'processes; use [classifier] mode = "local"')
+        out[s.name] = ShardedClassifier(n, emb, head, cfg.init_std, ctx=ctx, loss=loss,
+                                        sample_rate=cfg.sample_rate if cfg.mode == "sampled" else 1.0,
+                                        sampled=cfg.mode == "sampled")
+    return out
 
 
 def _prepare_data(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]
@@ -215,9 +245,15 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     info = backbone_info(backbone, recipe.backbone.name)
     _check_image_size(specs, info, recipe.backbone.name)
     emb = info.embedding_size
-    classifiers = _classifiers(recipe, parts, specs, emb).to(device)
+    classifiers = _classifiers(recipe, parts, specs, emb, world).to(device)
     load_start_weights(recipe, backbone, classifiers, echo)  # fine-tuning: before the optimiser exists
     optimisation = optimisation_parts(cfg, backbone, classifiers, device)
+    for c in classifiers.values():
+        if isinstance(c, ShardedClassifier):
+            c.attach(optimisation["optimizer"])  # sampled: the optimiser state of the centres lives in the shard
+    embedding_losses = [(m.to(device), t.weight) for m, t in zip(parts.losses, recipe.loss)
+                        if t.takes == "embeddings"]
+    classifier_weight = next((t.weight for t in recipe.loss if t.takes == "nll"), 1.0)
     try:
         loader = BranchLoader(specs, num_workers=cfg.num_workers, seed=recipe.seed, pin_memory=device.type == "cuda",
                               num_replicas=world_size, rank=rank)
@@ -230,6 +266,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     return TrainingSetup(device=device, backbone=backbone, classifiers=classifiers,
                          weights={s.name: s.weight for s in specs}, loader=loader, memory_format=memory_format,
                          info=info, eval_provided=provided, data_seconds=data_seconds, rank=rank,
+                         embedding_losses=embedding_losses, classifier_weight=classifier_weight,
                          world_size=world_size, local_rank=world.local_rank if world is not None else 0, cfg=cfg,
                          extra_state={k: optimisation[k] for k in ("scaler", "ema") if optimisation[k] is not None},
                          **optimisation)

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from tface.core import recipe as recipe_mod
+from tface.core.classifier import ShardedClassifier
 from tface.core.fsutil import atomic_write_bytes, fsync_dir
 from tface.core.train import checkpoint
 from tface.core.train.errors import TrainingError
@@ -39,7 +40,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["FORMAT", "RESUME_MAY_CHANGE", "seed_all", "world_size", "rng_state", "set_rng_state", "collect",
-           "restore", "save", "load_last", "check_resumable", "recipe_differences", "ensure_backbone",
+           "restore", "rescale_loader", "save", "load_last", "check_resumable", "recipe_differences", "ensure_backbone",
            "export_backbone", "backbone_weights"]
 
 #: Version of the checkpoint layout; a resumed run refuses another.
@@ -122,8 +123,11 @@ def collect(setup: TrainingSetup, recipe: recipe_mod.Recipe, step: int, epoch: i
         "epoch": epoch,
         "world_size": world,
         "backbone": setup.backbone.state_dict(),
-        "classifiers": {name: c.state_dict() for name, c in setup.classifiers.items()},
-        "optimizer": setup.optimizer.state_dict(),
+        # whole centres (gathered from the shards), so a run resumes under any number of processes
+        "classifiers": {name: c.whole_state_dict() for name, c in setup.classifiers.items()},
+        "optimizer": _optimizer_state(setup),
+        "centres_optimizer": {name: c.whole_optimizer_state(setup.optimizer)
+                              for name, c in setup.classifiers.items() if isinstance(c, ShardedClassifier)},
         "scheduler": setup.scheduler.state_dict(),
         "loader": setup.loader.state_dict(),
         # each rank's open metric window (its own share of the global batch), indexed by rank
@@ -136,16 +140,42 @@ def collect(setup: TrainingSetup, recipe: recipe_mod.Recipe, step: int, epoch: i
     }
 
 
-def _check_world(state: Mapping[str, Any], world_size: int, where: str) -> None:
-    if state["world_size"] != world_size or len(state["rng"]) != world_size:
-        raise TrainingError(f"{where}the checkpoint was saved by {state['world_size']} processes; resume it with "
-                            f"as many (this run has {world_size})")
+def _optimizer_state(setup: TrainingSetup) -> dict[str, Any]:
+    """The optimiser's state without the sharded centres' entries (those are saved whole, per classifier)."""
+    out = setup.optimizer.state_dict()
+    shard = {id(p) for c in setup.classifiers.values() if isinstance(c, ShardedClassifier) for p in c.parameters()}
+    if not shard:
+        return out
+    index = 0
+    drop = set()
+    for group in setup.optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in shard:
+                drop.add(index)
+            index += 1
+    out["state"] = {k: v for k, v in out["state"].items() if k not in drop}
+    return out
+
+
+def rescale_loader(loader: Mapping[str, Any], saved_world: int, world: int) -> dict[str, Any]:
+    """The loader position of ``saved_world`` processes as ``world`` processes see it: the same samples of the
+    pass are behind (to within one batch), each process having taken ``saved_world / world`` times the batches."""
+    def scale(n: int) -> int:
+        return int(n) * saved_world // world
+
+    return {**loader, "position": scale(loader["position"]),
+            "branches": [{**b, "batches": scale(b["batches"])} for b in loader["branches"]]}
 
 
 def restore(setup: TrainingSetup, state: Mapping[str, Any]) -> None:
-    """Load a checkpoint into a freshly built ``setup``: the next step is the one the saved run would have taken."""
+    """Load a checkpoint into a freshly built ``setup``: the next step is the one the saved run would have taken.
+
+    Saved by another number of processes, the run continues from the same point of the data with the whole
+    centres and their optimiser state re-split; it is then not bit-identical to an uninterrupted run (the global
+    batch and the random streams differ), which the trainer says.
+    """
     rank, world = _rank_world(setup)
-    _check_world(state, world, "")
+    saved_world = int(state["world_size"])
     missing = sorted(set(setup.extra_state) - set(state["extra"]))
     unknown = sorted(set(state["extra"]) - set(setup.extra_state))
     if missing or unknown:
@@ -154,16 +184,25 @@ def restore(setup: TrainingSetup, state: Mapping[str, Any]) -> None:
                                                       unknown and f"not used here {', '.join(unknown)}"])))
     setup.backbone.load_state_dict(state["backbone"])
     for name, c in setup.classifiers.items():
-        c.load_state_dict(state["classifiers"][name])
+        try:
+            c.load_whole_state_dict(state["classifiers"][name])
+        except (RuntimeError, ValueError) as exc:
+            raise TrainingError(f"the checkpoint's classifier of branch {name!r} does not fit this run: "
+                                f"{str(exc).strip().splitlines()[0]}") from exc
     setup.optimizer.load_state_dict(state["optimizer"])
+    for name, c in setup.classifiers.items():
+        if isinstance(c, ShardedClassifier):
+            c.load_whole_optimizer_state(setup.optimizer, state.get("centres_optimizer", {}).get(name, {}))
     setup.scheduler.load_state_dict(state["scheduler"])
+    loader = state["loader"] if saved_world == world else rescale_loader(state["loader"], saved_world, world)
     try:
-        setup.loader.load_state_dict(state["loader"])
+        setup.loader.load_state_dict(loader)
     except ValueError as exc:
         raise TrainingError(f"the checkpoint does not fit this run's data: {exc}") from exc
     for name, obj in setup.extra_state.items():
         obj.load_state_dict(state["extra"][name])
-    set_rng_state(setup, state["rng"][rank])
+    if rank < len(state["rng"]):  # a process the saved run did not have keeps the generators of its seed
+        set_rng_state(setup, state["rng"][rank])
 
 
 # -- files -----------------------------------------------------------------------------------------------------
@@ -271,7 +310,6 @@ def check_resumable(state: Mapping[str, Any], recipe: recipe_mod.Recipe, run_dir
     if diffs:
         raise TrainingError(f"--resume {run_dir}: the recipe differs from the run's in {', '.join(diffs)}; only "
                             f"{', '.join(RESUME_MAY_CHANGE)} may change when resuming")
-    _check_world(state, world_size, f"--resume {run_dir}: ")
     step, max_steps = int(state["step"]), recipe.train.max_steps
     if max_steps < step:
         raise TrainingError(f"--resume {run_dir}: train.max_steps = {max_steps} but the checkpoint is at step {step}")

@@ -160,7 +160,12 @@ class Trainer:
             self.step = self.saved_step = int(saved["step"])
             self.epoch = int(saved["epoch"])
             self.results = list(saved["results"])
-            window = saved["metrics"][self.world.rank]
+            saved_world = int(saved["world_size"])
+            if saved_world != self.world.world_size:
+                self.echo(f"note: the checkpoint was saved by {saved_world} process(es) and this run has "
+                          f"{self.world.world_size}: the centres and their optimiser state are re-split and the data "
+                          "continues from the same point, but the run is not bit-identical to an uninterrupted one")
+            window = saved["metrics"][self.world.rank] if saved_world == self.world.world_size else None
             if window is not None:
                 self.window = self._new_window()
                 self.window.load_state_dict(window)
@@ -240,7 +245,7 @@ class Trainer:
                         append_metrics(self.folder.path, record)
                     if self.tensorboard is not None:
                         self.tensorboard.add_metrics(record)
-                    fields = {k: record[k] for k in ("loss", "top1", "lr", "images_per_s")}
+                    fields = {k: record[k] for k in ("loss", "top1", "lr", "images_per_s") if k in record}
                 if self.main:
                     progress.update(step, fields, log)
                 self.pm.hook.tface_step_end(step=step, metrics=fields, **self._ranks)
