@@ -3,6 +3,7 @@ processes (through the public ``tface.core.classifier.testing`` harness), Partia
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -230,3 +231,98 @@ def test_bad_layouts_are_refused():
 
     with pytest.raises(ValueError, match="3 classes cannot be sharded over 4 processes"):
         ShardedClassifier(3, 4, Margin(), ctx=Wide())
+
+
+# -- whole state across world sizes (2 gloo processes) -------------------------------------------------------------
+
+_C, _D, _ROWS = 9, 5, 4  # 4 rows per process, 8 global
+
+
+def _resume_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(2 * _ROWS, _D, generator=g, dtype=torch.float64), torch.randint(0, _C, (2 * _ROWS,), generator=g)
+
+
+def _resume_model(ctx, sampled: bool):
+    clf = ShardedClassifier(_C, _D, Margin(), ctx=ctx, seed=7, sampled=sampled, sample_rate=1.0).double()
+    opt = torch.optim.SGD(clf.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    clf.attach(opt)
+    return clf, opt
+
+
+def _resume_steps(clf, opt, steps, rank: int, world: int) -> None:
+    for step in steps:
+        emb, labels = _resume_batch(step)
+        rows = slice(rank * 2 * _ROWS // world, (rank + 1) * 2 * _ROWS // world)
+        opt.zero_grad()
+        clf(emb[rows], labels[rows]).loss.backward()
+        opt.step()
+
+
+def _resume_worker(rank: int, folder: str, phase: str) -> None:
+    import torch.distributed as dist
+
+    from tface.core.classifier.ops import GroupContext
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg-{phase}", rank=rank, world_size=2)
+    try:
+        out = {}
+        for sampled in (False, True):
+            clf, opt = _resume_model(GroupContext(rows_split=False), sampled)
+            if phase == "save":  # steps 0, 1 on 2 processes, then save the whole state
+                _resume_steps(clf, opt, [0, 1], rank, 2)
+            else:  # load what 1 process saved after steps 0, 1; then step 2 on 2 processes
+                saved = torch.load(f"{folder}/one-{sampled}.pt", weights_only=True)
+                clf.load_whole_state_dict(saved["model"])
+                clf.load_whole_optimizer_state(opt, saved["optim"])
+                _resume_steps(clf, opt, [2], rank, 2)
+            out[sampled] = {"model": clf.whole_state_dict(), "optim": clf.whole_optimizer_state(opt)}
+        if rank == 0:
+            torch.save(out, f"{folder}/two-{phase}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_phase(folder, phase: str) -> dict:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_resume_worker, args=(str(folder), phase), nprocs=2, start_method="spawn")
+    return torch.load(folder / f"two-{phase}.pt", weights_only=True)
+
+
+def test_whole_state_resumes_under_another_number_of_processes(tmp_path):
+    """2 processes save after 2 steps, 1 process loads and takes step 3; 1 process saves, 2 load and take step 3:
+    both equal 3 uninterrupted steps in 1 process (centres and momentum, sharded and sampled)."""
+    ref, one_saved = {}, {}
+    for sampled in (False, True):
+        clf, opt = _resume_model(ReduceContext(), sampled)
+        _resume_steps(clf, opt, [0, 1], 0, 1)
+        one_saved[sampled] = copy.deepcopy({"model": clf.whole_state_dict(), "optim": clf.whole_optimizer_state(opt)})
+        torch.save(one_saved[sampled], tmp_path / f"one-{sampled}.pt")
+        _resume_steps(clf, opt, [2], 0, 1)
+        ref[sampled] = (clf.weight.clone(), clf.whole_optimizer_state(opt)["momentum_buffer"])
+    two_saved = _spawn_phase(tmp_path, "save")
+    two_loaded = _spawn_phase(tmp_path, "load")
+    for sampled in (False, True):
+        # 2 processes after 2 steps = 1 process after 2 steps
+        torch.testing.assert_close(two_saved[sampled]["model"]["weight"], one_saved[sampled]["model"]["weight"])
+        # saved by 2, continued by 1
+        clf, opt = _resume_model(ReduceContext(), sampled)
+        clf.load_whole_state_dict(two_saved[sampled]["model"])
+        clf.load_whole_optimizer_state(opt, two_saved[sampled]["optim"])
+        _resume_steps(clf, opt, [2], 0, 1)
+        torch.testing.assert_close(clf.weight, ref[sampled][0])
+        torch.testing.assert_close(clf.whole_optimizer_state(opt)["momentum_buffer"], ref[sampled][1])
+        # saved by 1, continued by 2
+        torch.testing.assert_close(two_loaded[sampled]["model"]["weight"], ref[sampled][0])
+        torch.testing.assert_close(two_loaded[sampled]["optim"]["momentum_buffer"], ref[sampled][1])
+
+
+def test_loader_positions_rescale_with_the_number_of_processes():
+    from tface.core.train.state import rescale_loader
+
+    saved = {"position": 3, "branches": [{"name": "a", "epoch": 1, "batches": 3}, {"name": "b", "epoch": 0,
+                                                                                 "batches": 5}]}
+    assert rescale_loader(saved, 2, 1) == {"position": 6, "branches": [{"name": "a", "epoch": 1, "batches": 6},
+                                                                      {"name": "b", "epoch": 0, "batches": 10}]}
+    assert rescale_loader(saved, 1, 2)["branches"][1]["batches"] == 2  # 5 batches of 1 = 2.5 of 2: floor

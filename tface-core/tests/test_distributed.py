@@ -459,3 +459,65 @@ def test_skipping_nonfinite_steps_is_refused_with_several_processes(toy_plugins,
     with pytest.raises(TrainingError, match=r'train.on_nonfinite = "skip" is not supported with several processes'):
         Trainer(rec, tmp_path / "run", echo=lambda m: None).run()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["sharded", "sampled"])
+def test_sharded_classifiers_on_two_processes_train_like_one_local(flat, tmp_path, mode):
+    """``[classifier] mode = "sharded"`` (and ``"sampled"`` at rate 1) on 2 gloo processes with batch 8 = the local
+    classifier in 1 process with batch 16: each rank holds 2 of the 4 classes, the softmax is completed across
+    them, the centres stay out of DDP; the saved checkpoint holds the whole centres and their momentum."""
+    steps = 6
+    table = f'\n[classifier]\nmode = "{mode}"\n' + ("sample_rate = 1.0\n" if mode == "sampled" else "")
+    two = _tface(["run", "--nproc-per-node", "2", str(_write_recipe(tmp_path, 8, steps, table)), "--output-dir",
+                  str(tmp_path / "two")], _env(flat, tmp_path), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    one_dir = tmp_path / "one"
+    Trainer(recipe.load(_write_recipe(tmp_path, 16, steps)), one_dir, echo=lambda m: None).run()
+    ref, got = _weights(one_dir), _weights(tmp_path / "two")
+    assert sorted(ref) == sorted(got) and got["classifier.toydata.weight"].shape == (4, 8)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(_metrics(one_dir), _metrics(tmp_path / "two")):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5) and b["top1"] == pytest.approx(a["top1"])
+    # the centres' momentum is saved whole, beside the optimiser state (which no longer holds it)
+    state = checkpoint.load(tmp_path / "two" / "checkpoints" / "last.pt")
+    local = checkpoint.load(one_dir / "checkpoints" / "last.pt")
+    momentum = state["centres_optimizer"]["toydata"]["momentum_buffer"]
+    torch.testing.assert_close(momentum, local["optimizer"]["state"][_centre_index(local)]["momentum_buffer"],
+                               rtol=1e-5, atol=1e-6)
+    assert len(state["optimizer"]["state"]) == len(local["optimizer"]["state"]) - 1
+
+
+def _centre_index(state: dict) -> int:
+    """The optimiser index of a local run's centres: the one state entry shaped like them."""
+    shape = next(iter(state["classifiers"].values()))["weight"].shape
+    (index,) = [i for i, s in state["optimizer"]["state"].items() if s["momentum_buffer"].shape == shape]
+    return index
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_a_sharded_run_resumes_under_another_number_of_processes(flat, tmp_path, first, then):
+    """Saved by 2 processes and resumed by 1, and the reverse: the whole centres and their optimiser state are
+    re-split, the data continues from the same point, the run says it is not bit-identical and finishes."""
+    table = '\n[classifier]\nmode = "sharded"\n'
+    path = _write_recipe(tmp_path, 8, 4, table)
+    run = tmp_path / "run"
+
+    def tface(nproc: int, *args: str) -> subprocess.CompletedProcess:
+        launch = ["--nproc-per-node", str(nproc)] if nproc > 1 else []
+        return _tface(["run", *launch, str(path), *args], _env(flat, tmp_path), cwd=tmp_path)
+
+    done = tface(first, "--output-dir", str(run))
+    assert done.returncode == 0, done.stderr
+    saved = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert saved["world_size"] == first and saved["classifiers"]["toydata"]["weight"].shape == (4, 8)
+    resumed = tface(then, "--resume", str(run), "--set", "train.max_steps=8")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"saved by {first} process(es) and this run has {then}" in resumed.stdout
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "done" and status["step"] == 8
+    assert [m["step"] for m in _metrics(run)] == [2, 4, 6, 8]
+    after = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert after["world_size"] == then and after["step"] == 8
+    assert after["classifiers"]["toydata"]["weight"].shape == (4, 8)
+    assert after["centres_optimizer"]["toydata"]["momentum_buffer"].shape == (4, 8)
