@@ -103,7 +103,8 @@ def test_loss_tables_are_read_weighted_and_dumped(toy_losses):
     ("loss = 3", "loss: expected an array of tables ([[loss]])"),
     ('\n[[loss]]\nname = "pull"\n', "head: the [[loss]] tables hold no classification loss"),
     ('\n[classifier]\nmode = "ring"\n', "classifier.mode"),
-    ('\n[classifier]\nsample_rate = 0.5\n', 'classifier.sample_rate: only used with mode = "sampled" (mode is "local")'),
+    ('\n[classifier]\nsample_rate = 0.5\n',
+     'classifier.sample_rate: only used with mode = "sampled" (mode is "local")'),
     ('\n[classifier]\nmode = "sampled"\nsample_rate = 0\n', "classifier.sample_rate: must lie in (0, 1], got 0"),
     ('\n[classifier]\nmode = "sampled"\n', 'classifier.mode = "sampled" draws new negatives every micro-batch'),
 ])
