@@ -77,18 +77,30 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class GroupContext(ReduceContext):
-    """:class:`ReduceContext` over a ``torch.distributed`` process group (the default group unless given)."""
+    """:class:`ReduceContext` over a ``torch.distributed`` process group (the default group unless given).
 
-    def __init__(self, rows_split: bool, group=None):  # noqa: ANN001
+    ``device``: where the backend wants collective tensors (NCCL: this process's GPU); tensors elsewhere are
+    moved there and back. None: where they are.
+    """
+
+    def __init__(self, rows_split: bool, group=None, device: torch.device | None = None):  # noqa: ANN001
         self.group = group
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.rows_split = rows_split
+        self.device = device
+
+    def _comm(self, t: Tensor) -> Tensor:
+        """A detached copy of ``t`` on the communication device."""
+        t = t.detach()
+        if self.device is not None and t.device != self.device:
+            return t.to(self.device)
+        return t.clone()
 
     def _reduce(self, t: Tensor, op) -> Tensor:  # noqa: ANN001
-        out = t.detach().clone()
+        out = self._comm(t)
         dist.all_reduce(out, op=op, group=self.group)
-        return out
+        return out.to(t.device)
 
     def sum(self, t: Tensor) -> Tensor:
         return self._reduce(t, dist.ReduceOp.SUM)
@@ -98,16 +110,18 @@ class GroupContext(ReduceContext):
 
     def gather(self, t: Tensor, sizes: list[int] | None = None) -> list[Tensor]:
         """Every rank's ``t`` (any length along dim 0); ``sizes``: those lengths when already known."""
-        t = t.detach().contiguous()
+        home = t.device
+        t = self._comm(t).contiguous()
         sizes = sizes if sizes is not None else self.sizes(t.shape[0], t.device)
         padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
         padded[:t.shape[0]] = t
         out = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(out, padded, group=self.group)
-        return [o[:n] for o, n in zip(out, sizes)]
+        return [o[:n].to(home) for o, n in zip(out, sizes)]
 
     def sizes(self, n: int, device: torch.device | None = None) -> list[int]:
         """Every rank's ``n``, in rank order."""
+        device = self.device if self.device is not None else device
         sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.world_size)]
         dist.all_gather(sizes, torch.tensor([n], dtype=torch.int64, device=device), group=self.group)
         return [int(s) for s in sizes]
@@ -223,7 +237,8 @@ def gather_to_main(t: Tensor, ctx: ReduceContext) -> Tensor | None:
     if ctx.world_size == 1:
         return t
     assert isinstance(ctx, GroupContext)
-    t = t.detach().contiguous()
+    home = t.device
+    t = ctx._comm(t).contiguous()
     sizes = ctx.sizes(t.shape[0], t.device)
     padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[:t.shape[0]] = t
@@ -231,7 +246,7 @@ def gather_to_main(t: Tensor, ctx: ReduceContext) -> Tensor | None:
         out = [torch.empty_like(padded) for _ in range(ctx.world_size)]
         dist.gather(padded, out, dst=dist.get_global_rank(ctx.group, 0) if ctx.group is not None else 0,
                     group=ctx.group)
-        return torch.cat([o[:n] for o, n in zip(out, sizes)], dim=0)
+        return torch.cat([o[:n] for o, n in zip(out, sizes)], dim=0).to(home)
     dist.gather(padded, None, dst=dist.get_global_rank(ctx.group, 0) if ctx.group is not None else 0,
                 group=ctx.group)
     return None

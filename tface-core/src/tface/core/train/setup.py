@@ -172,10 +172,10 @@ def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[Branc
                 f"identit{'y' if n == 1 else 'ies'}; training a classifier needs at least 2")
         loss = recipe.loss[nll[0][0]].component.build(f"loss[{nll[0][0]}]") if nll else None
         if cfg.mode == "local":
-            ctx = GroupContext(rows_split=True) if distributed else ReduceContext()
+            ctx = GroupContext(rows_split=True, device=world.device) if distributed else ReduceContext()
             out[s.name] = Classifier(n, emb, head, cfg.init_std, loss=loss, ctx=ctx)
             continue
-        ctx = GroupContext(rows_split=False) if distributed else ReduceContext()
+        ctx = GroupContext(rows_split=False, device=world.device) if distributed else ReduceContext()
         if n < ctx.world_size:
             raise TrainingError(f"{parts.data_keys[i]}: {n} classes cannot be sharded over {ctx.world_size} "
                                 'processes; use [classifier] mode = "local"')
