@@ -69,7 +69,10 @@ class Classifier(nn.Module):
     # -- the forward ----------------------------------------------------------------------------------------
 
     def _cosines(self, unit: Tensor, centres: Tensor) -> Tensor:
-        cos = F.linear(unit, F.normalize(centres, dim=1, eps=1e-12)).clamp(-1.0, 1.0)
+        # scale the [N, C] product's columns by 1/|w| rather than normalising the [C, D] centres: one pass over
+        # the centres instead of several, and no normalised copy of them kept for the backward (1.2x at 200 k)
+        inv = centres.norm(dim=1).clamp_min(1e-12).reciprocal()
+        cos = (F.linear(unit, centres) * inv).clamp(-1.0, 1.0)
         if self.k > 1:
             cos = cos.view(cos.shape[0], -1, self.k)
         return cos

@@ -146,7 +146,7 @@ class ShardedClassifier(Classifier):
         state = self._opt_state()
         if state is not None:
             for key, whole in self.row_state.items():
-                state[key] = whole[rows].clone()
+                state[key] = whole[rows]  # indexing copies
 
     def _commit(self, optimizer: torch.optim.Optimizer) -> None:
         """After an optimiser step: write the sampled rows and their optimiser state back into the store."""
