@@ -27,26 +27,28 @@ the total over ranks (expected ~1/8), the step times and the peak resident set.
                                [--repeats 3] [--threads 2] [--step]
     python bench/classifier.py --simulate [--sim-rate 0.1[,1]] [--sim-classes 10000000] [--sim-world 8]
 
-Measured 2026-12-03, 2 cores (AMD EPYC, AVX-512), 24 GiB; other sessions' jobs were running at times (load
-average 2.0 before and after the default run, which counts this bench's own 1-2 busy processes; an earlier
-default run under load 3-3.4 gave 0.63 / 2.4 / 31.9 s for local and 5.9x for sampled at 1M, so the times
-vary by up to 2x; the memory columns do not). ``python bench/classifier.py``::
+Measured 2026-12-03, 2 cores (AMD EPYC, AVX-512), 24 GiB, after the classifier's cosines stopped normalising
+the centres (load average 0.8 before, 1.9 after, which counts this bench's own busy processes; times on this
+shared machine vary by up to 2x, the memory columns do not). ``python bench/classifier.py``::
 
     | C | variant | median s | min s | ratio vs local | peak RSS MB (per proc.) | centre MB (per proc.) | loss 1 |
     |---|---|---|---|---|---|---|---|
-    | 10,000 | local | 0.086 | 0.075 | 1.00 | 256 | 20 | 38.9902 |
-    | 10,000 | sharded | 0.117 | 0.106 | 0.74 | 124 / 127 | 10 / 10 | 38.9902 |
-    | 10,000 | sampled r=0.1 | 0.009 | 0.008 | 9.88 | 57 | 21 | 36.5765 |
-    | 100,000 | local | 1.596 | 1.585 | 1.00 | 1275 | 195 | 41.1373 |
-    | 100,000 | sharded | 1.526 | 1.483 | 1.05 | 635 / 642 | 98 / 98 | 41.1373 |
-    | 100,000 | sampled r=0.1 | 0.097 | 0.094 | 16.38 | 452 | 215 | 38.8089 |
-    | 1,000,000 | local | 19.080 | 17.123 | 1.00 | 11790 | 1953 | 43.3501 |
-    | 1,000,000 | sharded | 16.126 | 14.371 | 1.18 | 5887 / 5905 | 977 / 977 | 43.3502 |
-    | 1,000,000 | sampled r=0.1 | 1.704 | 1.614 | 11.20 | 3221 | 2148 | 41.0447 |
+    | 10,000 | local | 0.137 | 0.118 | 1.00 | 227 | 20 | 38.9902 |
+    | 10,000 | sharded | 0.121 | 0.106 | 1.13 | 108 / 111 | 10 / 10 | 38.9902 |
+    | 10,000 | sampled r=0.1 | 0.010 | 0.009 | 13.96 | 56 | 21 | 36.6273 |
+    | 100,000 | local | 1.547 | 1.400 | 1.00 | 855 | 195 | 41.1373 |
+    | 100,000 | sharded | 1.264 | 1.212 | 1.22 | 464 / 438 | 98 / 98 | 41.1373 |
+    | 100,000 | sampled r=0.1 | 0.116 | 0.089 | 13.34 | 404 | 215 | 38.7938 |
+    | 1,000,000 | local | 16.218 | 15.727 | 1.00 | 7867 | 1953 | 43.3501 |
+    | 1,000,000 | sharded | 13.392 | 12.528 | 1.21 | 3976 / 3976 | 977 / 977 | 43.3502 |
+    | 1,000,000 | sampled r=0.1 | 1.511 | 1.436 | 10.73 | 2819 | 2148 | 41.0409 |
 
-Sampled is 11x faster than local at 1M classes (goal >= 5x); sharded halves each process's centres and peak
-(1/W) and gives the local loss to 4 decimals; on one 2-core machine it is no faster (same flops, one thread
-each). About half the CPU time of the big steps is the kernel's (page faults of fresh multi-GB temporaries:
+Before that change (normalised copy of the centres; load 2.0) the same run gave local 0.086 / 1.596 / 19.08 s
+with peaks 256 / 1275 / 11790 MB, and sampled 11.2x at 1M.
+
+Sampled is 10.7x faster than local at 1M classes (goal >= 5x); sharded halves each process's centres and peak
+(1/W) and gives the local loss to 4 decimals; on one 2-core machine it gains little (same flops, one thread
+each). The following were measured before the change above. About half the CPU time of the big steps is the kernel's (page faults of fresh multi-GB temporaries:
 ``time`` gave user 2m59 s, sys 2m43 s). ``--step --classes 100000,1000000`` (load 2.2-2.4): local 2.13 / 20.1 s,
 sharded 1.95 / 19.1 s, sampled 0.147 / 2.02 s (14.5x / 9.9x), peak 1590 / 13865, 873 / 7013, 853 / 5497 MB
 (sampled 1M: the 1953 MB momentum store appears at the first step).
