@@ -48,7 +48,8 @@ with peaks 256 / 1275 / 11790 MB, and sampled 11.2x at 1M.
 
 Sampled is 10.7x faster than local at 1M classes (goal >= 5x); sharded halves each process's centres and peak
 (1/W) and gives the local loss to 4 decimals; on one 2-core machine it gains little (same flops, one thread
-each). The following were measured before the change above. About half the CPU time of the big steps is the kernel's (page faults of fresh multi-GB temporaries:
+each). The following were measured before the change above. About half the CPU time of the big steps is the
+kernel's (page faults of fresh multi-GB temporaries:
 ``time`` gave user 2m59 s, sys 2m43 s). ``--step --classes 100000,1000000`` (load 2.2-2.4): local 2.13 / 20.1 s,
 sharded 1.95 / 19.1 s, sampled 0.147 / 2.02 s (14.5x / 9.9x), peak 1590 / 13865, 873 / 7013, 853 / 5497 MB
 (sampled 1M: the 1953 MB momentum store appears at the first step).
