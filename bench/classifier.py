@@ -192,6 +192,8 @@ def _worker(rank: int, folder: str, world: int, job: dict) -> None:
                   "peak_reset": peak_reset, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "centre": centre, "state": state}
         Path(folder, f"rank{rank}.json").write_text(json.dumps(record))
+        if world > 1:
+            dist.barrier()  # gloo aborts a process whose peer tears down mid-exchange
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -239,6 +241,7 @@ def _sim_worker(rank: int, folder: str, world: int, job: dict) -> None:
                   "losses": losses, "base": base, "after_build": after_build, "hwm": _status_bytes("VmHWM"),
                   "peak_reset": peak_reset, "build_s": build_s}
         Path(folder, f"rank{rank}.json").write_text(json.dumps(record))
+        dist.barrier()  # gloo aborts a process whose peer tears down mid-exchange
     finally:
         dist.destroy_process_group()
 

@@ -279,6 +279,7 @@ def _resume_worker(rank: int, folder: str, phase: str) -> None:
             out[sampled] = {"model": clf.whole_state_dict(), "optim": clf.whole_optimizer_state(opt)}
         if rank == 0:
             torch.save(out, f"{folder}/two-{phase}.pt")
+        dist.barrier()  # rank 1 must not tear down while rank 0 still receives the last gather (gloo aborts)
     finally:
         dist.destroy_process_group()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -244,6 +245,16 @@ def run_cmd(recipe_path: Path | None, overrides: tuple[str, ...], dry_run: bool,
     try:
         Trainer(recipe, resume_dir or output_dir, overwrite=overwrite, resume=resume_dir is not None,
                 echo=click.echo).run()
+    except distributed.PeerLost as exc:
+        if distributed.env_ranks() is None:
+            raise click.ClickException(str(exc)) from exc
+        # The run has recorded why it failed. Its process group is broken: gloo threads may still wait on the
+        # lost peer, and tearing them down at interpreter exit can abort the process (SIGABRT, "terminate
+        # called without an active exception") after the error was reported. Leave at once, status 1.
+        click.echo(f"Error: {exc}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except (TrainingError, RunDirError) as exc:
         raise click.ClickException(str(exc)) from exc
 

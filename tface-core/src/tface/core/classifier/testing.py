@@ -91,6 +91,7 @@ def _worker(rank: int, folder: str, world: int, heads: Mapping[str, Callable[[],
         results = {name: {layout: _run(make, layout, rank=rank, world=world, **kwargs) for layout in LAYOUTS}
                    for name, make in heads.items()}
         torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
+        dist.barrier()  # nobody leaves while another still exchanges: gloo aborts a process whose peer tears down
     finally:
         dist.destroy_process_group()
 
