@@ -1,30 +1,172 @@
-"""Geometric augmenters. Each works on one image tensor ``[3, H, W]`` (uint8 from the data sets) in a data worker."""
+"""Geometric augmenters: they move pixels, so they move the five landmarks with them.
+
+Each takes a :class:`~tface.core.data.sample.FaceSample` (``takes_sample = True``): a uint8 image ``[3, H, W]``
+in a data worker and its landmarks (OpenCV's pixel-centre convention). Rotation, shift and random resized
+crop are one affine warp each: the op draws a 2×3 matrix ``M`` mapping source to output pixel centres, the
+image is resampled through its inverse (bilinear, ``fill`` outside) and the landmarks are mapped by ``M``
+itself, so both follow the same transform exactly. Randomness comes from torch's global generator, which the
+loader seeds per worker and batch (a resumed run draws the same).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import attrs
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
+from tface.augment._base import PROBABILITY, span, uniform
 from tface.core.config import option, options
+from tface.core.data.sample import MIRROR, FaceSample
 
-__all__ = ["HorizontalFlip"]
+__all__ = ["HFlip", "HorizontalFlip", "Rotate", "Shift", "RandomResizedCrop", "warp_affine"]
+
+def _apply(p: float) -> bool:
+    """Whether to act this time: draws only when ``0 < p < 1``."""
+    return p > 0 and (p >= 1 or bool(torch.rand(()) < p))
+
+
+def warp_affine(image: Tensor, matrix: Tensor, fill: int = 0) -> Tensor:
+    """``image`` (uint8 ``[3, H, W]``) resampled so that source pixel ``(x, y)`` lands at ``M @ [x, y, 1]``.
+
+    Bilinear; output pixels whose source lies outside the image get ``fill``.
+    """
+    _, h, w = image.shape
+    full = torch.cat([matrix.double(), torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
+    inverse = torch.linalg.inv(full)[:2].float()
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    points = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1) @ inverse.T  # [H, W, 2] source (x, y)
+    grid = torch.stack([2 * points[..., 0] / max(w - 1, 1) - 1, 2 * points[..., 1] / max(h - 1, 1) - 1], dim=-1)
+    src = torch.cat([image.float(), torch.ones(1, h, w)]).unsqueeze(0)  # a ones channel marks what is inside
+    out = F.grid_sample(src, grid.unsqueeze(0), mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    inside = out[3:]
+    pixels = out[:3] + (1 - inside) * float(fill)
+    return pixels.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _map(landmarks: Tensor, matrix: Tensor) -> Tensor:
+    return landmarks @ matrix[:, :2].T.to(landmarks.dtype) + matrix[:, 2].to(landmarks.dtype)
+
+
+def _about_centre(linear: Tensor, h: int, w: int, shift: tuple[float, float] = (0.0, 0.0)) -> Tensor:
+    """``x -> linear @ (x - c) + c + shift`` as a 2×3 matrix, ``c`` the image centre."""
+    c = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64)
+    offset = c - linear @ c + torch.tensor(shift, dtype=torch.float64)
+    return torch.cat([linear, offset.unsqueeze(1)], dim=1)
+
+
+class _Affine:
+    """Draw a matrix with probability ``p``; warp the image and map the landmarks by it."""
+
+    takes_sample = True
+    p: float
+    fill: int
+
+    def matrix(self, h: int, w: int) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, sample: FaceSample) -> FaceSample:
+        if not _apply(self.p):
+            return sample
+        _, h, w = sample.image.shape
+        m = self.matrix(h, w)
+        return FaceSample(warp_affine(sample.image, m, self.fill), _map(sample.landmarks, m))
 
 
 @options
-class HorizontalFlip:
-    """Mirror the image with probability ``p`` (TFace's only training augmentation).
+class HFlip:
+    """Mirror the image with probability ``p`` (TFace's only training augmentation); the landmarks are mirrored
+    and the left/right ones swap (the left eye of a mirrored face is the old right eye).
 
-    Faces are near-symmetric, so a mirrored face is a plausible new sample of the same identity.
-    Randomness comes from torch's global generator, which DataLoader seeds per worker.
+    Also takes a bare image tensor (then returns one), as before landmarks travelled with images.
     """
 
-    def __init__(self, p: float = option(0.5, attrs.validators.ge(0), attrs.validators.le(1))):
+    takes_sample = True
+
+    def __init__(self, p: float = option(0.5, *PROBABILITY)):
         self.p = float(p)
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        if self.p > 0 and (self.p >= 1 or torch.rand(()) < self.p):
-            return img.flip(-1)
-        return img
+    def __call__(self, sample: FaceSample | Tensor) -> FaceSample | Tensor:
+        if not _apply(self.p):
+            return sample
+        if isinstance(sample, Tensor):
+            return sample.flip(-1)
+        w = sample.image.shape[-1]
+        mirrored = sample.landmarks[list(MIRROR)].clone()
+        mirrored[:, 0] = (w - 1) - mirrored[:, 0]
+        return FaceSample(sample.image.flip(-1), mirrored)
 
     def __repr__(self) -> str:
-        return f"HorizontalFlip(p={self.p})"
+        return f"HFlip(p={self.p})"
+
+
+#: The name before landmarks travelled with images.
+HorizontalFlip = HFlip
+
+
+@options
+class Rotate(_Affine):
+    """Turn the image about its centre by an angle drawn from ``degrees`` (positive: counter-clockwise on
+    screen); ``fill`` (0-255) where the turned image does not reach."""
+
+    def __init__(self, p: float = option(0.5, *PROBABILITY),
+                 degrees: Sequence[float] = option((-15.0, 15.0), span(-180, 180)),
+                 fill: int = option(0, attrs.validators.ge(0), attrs.validators.le(255))):
+        self.p, self.degrees, self.fill = float(p), (float(degrees[0]), float(degrees[1])), int(fill)
+
+    def matrix(self, h: int, w: int) -> Tensor:
+        a = math.radians(uniform(*self.degrees))
+        # y points down: a counter-clockwise turn on screen is (x, y) -> (x cos a + y sin a, -x sin a + y cos a)
+        linear = torch.tensor([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]], dtype=torch.float64)
+        return _about_centre(linear, h, w)
+
+    def __repr__(self) -> str:
+        return f"Rotate(p={self.p}, degrees={list(self.degrees)}, fill={self.fill})"
+
+
+@options
+class Shift(_Affine):
+    """Move the image by up to ``fraction`` of its width and height in each direction (uniform)."""
+
+    def __init__(self, p: float = option(0.5, *PROBABILITY),
+                 fraction: float = option(0.1, attrs.validators.ge(0), attrs.validators.le(0.5)),
+                 fill: int = option(0, attrs.validators.ge(0), attrs.validators.le(255))):
+        self.p, self.fraction, self.fill = float(p), float(fraction), int(fill)
+
+    def matrix(self, h: int, w: int) -> Tensor:
+        dx = uniform(-self.fraction, self.fraction) * w
+        dy = uniform(-self.fraction, self.fraction) * h
+        return _about_centre(torch.eye(2, dtype=torch.float64), h, w, (dx, dy))
+
+    def __repr__(self) -> str:
+        return f"Shift(p={self.p}, fraction={self.fraction}, fill={self.fill})"
+
+
+@options
+class RandomResizedCrop(_Affine):
+    """Crop a box of ``scale`` (area fraction) and ``ratio`` (width/height relative to the image's) at a random
+    place inside the image, and stretch it back to the full size."""
+
+    def __init__(self, p: float = option(0.5, *PROBABILITY),
+                 scale: Sequence[float] = option((0.8, 1.0), span(0.05, 1)),
+                 ratio: Sequence[float] = option((0.9, 1.1), span(0.25, 4))):
+        self.p = float(p)
+        self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
+        self.fill = 0
+
+    def matrix(self, h: int, w: int) -> Tensor:
+        area = uniform(*self.scale)
+        ratio = math.exp(uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+        cw, ch = min(w, w * math.sqrt(area * ratio)), min(h, h * math.sqrt(area / ratio))
+        x0, y0 = uniform(0, w - cw), uniform(0, h - ch)  # the box's left and top edges
+        sx, sy = w / cw, h / ch
+        # pixel edges lie at centre ± 0.5: x_out + 0.5 = (x_in + 0.5 - x0) · sx
+        return torch.tensor([[sx, 0.0, (0.5 - x0) * sx - 0.5], [0.0, sy, (0.5 - y0) * sy - 0.5]],
+                            dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop(p={self.p}, scale={list(self.scale)}, ratio={list(self.ratio)})"

@@ -28,7 +28,11 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
                   "cifp", "Cifp", "CIFP", "adaface", "magface", "subcenter_arcface"),
         "losses": ("softmax", "focal", "triplet", "ddl"),
     },
-    "tface-augment": {"augmenters": ("flip",)},
+    "tface-augment": {"augmenters": (
+        "hflip", "flip", "rotate", "shift", "random_resized_crop", "color_jitter", "grayscale", "autocontrast",
+        "equalize", "posterize", "solarize", "sharpness", "blur", "motion_blur", "jpeg", "lowres", "noise",
+        "random_erasing",
+    )},
     "tface-eval": {"protocols": ("verification", "ijb", "rfw")},
 }
 

@@ -12,6 +12,7 @@ from tface.core import kinds
 from tface.core import recipe as recipe_mod
 from tface.core.backbone import backbone_info
 from tface.core.config import ConfigError
+from tface.core.data.sample import FaceSample, takes_sample
 from tface.core.protocol import check_inputs as protocol_inputs
 from tface.core.train.finetune import check_start_weights
 
@@ -19,15 +20,35 @@ __all__ = ["Compose", "Components", "build_components"]
 
 
 class Compose:
-    """Apply augmenters in order (picklable, so DataLoader workers can use it)."""
+    """Apply augmenters in order (picklable, so DataLoader workers can use it).
 
-    def __init__(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]]):
+    An augmenter that declares ``takes_sample = True`` (geometric ops, occluders) gets and returns a
+    :class:`~tface.core.data.sample.FaceSample`: the image with its landmarks (the ArcFace template's for an
+    aligned crop when the data gives none). Any other augmenter gets and returns the image alone and must not
+    move pixels (photometric ops).
+    """
+
+    def __init__(self, steps: Sequence[Callable[..., Any]]):
         self.steps = list(steps)
+        self._samples = any(takes_sample(s) for s in self.steps)
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sample(img, landmarks).image if self._samples else self._images(img)
+
+    def _images(self, img: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
             img = step(img)
         return img
+
+    def sample(self, img: torch.Tensor, landmarks: torch.Tensor | None = None) -> FaceSample:
+        """The augmented image with its landmarks moved along (the preview draws them)."""
+        sample = FaceSample(img, landmarks) if landmarks is not None else FaceSample.aligned(img)
+        for step in self.steps:
+            if takes_sample(step):
+                sample = step(sample)
+            else:
+                sample = FaceSample(step(sample.image), sample.landmarks)
+        return sample
 
 
 class Components:
