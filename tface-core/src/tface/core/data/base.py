@@ -105,6 +105,14 @@ class FaceDataset(Dataset, abc.ABC):
     def where(self, i: int) -> str:
         """Where sample ``i`` lives, for messages (file and offset, or file and line)."""
 
+    def load_with_landmarks(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image of sample ``i`` and its five landmarks ``[5, 2]`` when the data stores them (else None).
+
+        Asked only when the augmenters move landmarks (``transform.takes_landmarks``); sources that store none
+        keep this default, and their crops get the ArcFace template.
+        """
+        return self.load(i), None
+
     # -- the shared behaviour -----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.labels_np)
@@ -135,13 +143,19 @@ class FaceDataset(Dataset, abc.ABC):
         n = len(self)
         j = int(i)
         for _ in range(min(n, MAX_CONSECUTIVE_BAD)):
+            landmarks = None
             try:
-                img = self.load(j)
+                if self.transform is not None and getattr(self.transform, "takes_landmarks", False):
+                    img, landmarks = self.load_with_landmarks(j)
+                else:
+                    img = self.load(j)
             except DataError as exc:
                 self._bad(j, exc)
                 j = (j + 1) % n
                 continue
-            if self.transform is not None:
+            if landmarks is not None:
+                img = self.transform(img, landmarks)
+            elif self.transform is not None:
                 img = self.transform(img)
             return img, int(self.labels_np[j])
         raise DataError(f"{self.where(int(i))}: {min(n, MAX_CONSECUTIVE_BAD)} bad samples in a row from here; "

@@ -110,11 +110,30 @@ class IndexedTFRecordDataset(FaceDataset):
         return data
 
     def load(self, i: int) -> torch.Tensor:
-        data = self.read_image_bytes(i)
+        return self._decode(i, self.read_image_bytes(i))
+
+    def _decode(self, i: int, data: bytes) -> torch.Tensor:
         try:
             return decode_rgb(data)
         except ImageDecodeError as exc:
             raise RecordError(f"{self.where(i)}: cannot decode image: {exc}") from None
+
+    def load_with_landmarks(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image and the record's ``landmarks`` (``pack --extra-keys``: 10 floats in the stored crop's
+        pixel coordinates), or None when the record has none."""
+        example = self.read_example(i)
+        images = example.get(self.image_key)
+        if not isinstance(images, list) or not images:
+            raise RecordError(f"{self.where(i)}: record has no {self.image_key!r} feature")
+        values = example.get("landmarks")
+        if values is None:
+            return self._decode(i, images[0]), None
+        points = np.asarray(values, dtype=np.float32)
+        if points.size != 10 or not np.isfinite(points).all():
+            raise RecordError(f"{self.where(i)}: 'landmarks' holds {points.size} values"
+                              f"{'' if points.size != 10 else ' that are not all finite'}; expected 5 (x, y) "
+                              "points = 10 finite numbers")
+        return self._decode(i, images[0]), torch.from_numpy(points.reshape(5, 2).copy())
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -32,6 +32,11 @@ class Compose:
         self.steps = list(steps)
         self._samples = any(takes_sample(s) for s in self.steps)
 
+    @property
+    def takes_landmarks(self) -> bool:
+        """Whether the data set should hand over the landmarks it stores (some op moves or uses them)."""
+        return self._samples
+
     def __call__(self, img: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
         return self.sample(img, landmarks).image if self._samples else self._images(img)
 
