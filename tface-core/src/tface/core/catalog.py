@@ -31,8 +31,8 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "tface-augment": {"augmenters": (
         "hflip", "flip", "rotate", "shift", "random_resized_crop", "color_jitter", "grayscale", "autocontrast",
         "equalize", "posterize", "solarize", "sharpness", "blur", "motion_blur", "jpeg", "lowres", "noise",
-        "random_erasing",
-    )},
+        "random_erasing", "mask", "glasses", "headscarf",
+    ), "plugins": ("augment-commands",)},
     "tface-eval": {"protocols": ("verification", "ijb", "rfw")},
 }
 

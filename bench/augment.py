@@ -1,0 +1,187 @@
+"""Augmentation throughput, images/s on one thread (as in a loader worker), tface-augment against Pillow.
+
+Inputs: 32 SynthFace renders, 112×112 uint8, held in memory (tface: ``[3, H, W]`` tensors; Pillow: RGB
+``Image`` objects, so neither side pays a conversion). ``torch.set_num_threads(1)``.
+
+  (a) every registered tface-augment augmenter at its defaults with ``p = 1`` (it always acts), alone;
+      aliases (``flip``) are timed once; occluders get the image with its template landmarks;
+  (b) a typical pipeline, every op with ``p = 1``: hflip, rotate [-15, 15], random_resized_crop
+      (scale [0.8, 1], ratio [0.9, 1.1]), color_jitter (0.3, 0.3, 0.3), blur (sigma [0.5, 2]), jpeg
+      (quality [30, 90]), random_erasing (scale [0.02, 0.25], constant fill), through ``Compose``;
+  (c) the same pipeline written with Pillow: ``transpose``, ``rotate`` (bilinear), ``resize(box=...)``
+      (bilinear), ``ImageEnhance`` brightness / contrast / colour in a random order, ``GaussianBlur``,
+      JPEG save + load, ``ImageDraw.rectangle``.
+
+(b) and (c) run round after round, interleaved, so a busy machine slows both alike; the median round of
+each is reported, and the ratio (b) / (c) (> 1: tface is faster).
+
+    python bench/augment.py [--images 400] [--rounds 5]
+
+Measured 2026-12-03, 2 cores, ``python bench/augment.py`` (``cat /proc/loadavg`` before and after: the
+cores were shared with other test runs, so the single-op rates are rough; the pipeline rows are interleaved):
+
+    loadavg before: 2.00 1.58 1.21 3/87 7615
+
+    (a) one op, defaults, p = 1, 112x112 uint8, 1 thread (20 ops)
+
+    | op                   |  images/s | µs/image |
+    |----------------------|----------:|---------:|
+    | posterize            |    73,982 |       14 |
+    | random_erasing       |    24,901 |       40 |
+    | hflip                |    15,715 |       64 |
+    | autocontrast         |    13,125 |       76 |
+    | grayscale            |    12,884 |       78 |
+    | solarize             |    10,722 |       93 |
+    | noise                |     4,754 |      210 |
+    | jpeg                 |     4,312 |      232 |
+    | lowres               |     3,767 |      265 |
+    | equalize             |     3,290 |      304 |
+    | color_jitter         |     3,218 |      311 |
+    | sharpness            |     3,014 |      332 |
+    | random_resized_crop  |     1,738 |      575 |
+    | motion_blur          |     1,614 |      620 |
+    | rotate               |     1,488 |      672 |
+    | blur                 |     1,221 |      819 |
+    | shift                |     1,173 |      852 |
+    | glasses              |       255 |     3924 |
+    | mask                 |       183 |     5472 |
+    | headscarf            |        98 |    10256 |
+
+    (b, c) pipeline of 7 ops, all p = 1: median of 5 rounds x 400 images
+
+    | pipeline             |  images/s | µs/image |
+    |----------------------|----------:|---------:|
+    | tface (Compose)      |       301 |     3319 |
+    | Pillow               |       593 |     1686 |
+
+    ratio tface / Pillow: 0.51x
+    loadavg after: 2.22 1.66 1.25 3/95 7644
+
+The tface pipeline takes about twice as long per image as Pillow's. By the single-op rows, blur (a float
+convolution) and the two affine warps (rotate, random_resized_crop: a float ``grid_sample`` each) take most
+of it; Pillow does those three in uint8 C loops. The occluders (glasses, mask, headscarf) are the dearest
+ops by far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from tface.augment.preview import synthface_images
+from tface.core import registry
+from tface.core.data.sample import FaceSample, takes_sample
+from tface.core.train.components import Compose
+
+PIPELINE = [
+    ("hflip", {}),
+    ("rotate", {"degrees": [-15.0, 15.0]}),
+    ("random_resized_crop", {"scale": [0.8, 1.0], "ratio": [0.9, 1.1]}),
+    ("color_jitter", {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3}),
+    ("blur", {"sigma": [0.5, 2.0]}),
+    ("jpeg", {"quality": [30, 90]}),
+    ("random_erasing", {"scale": [0.02, 0.25], "ratio": [0.3, 3.3], "fill": "constant"}),
+]
+
+
+def pil_pipeline(img: Image.Image, rng: random.Random) -> Image.Image:
+    """(c): the pipeline's ops and ranges with Pillow."""
+    w, h = img.size
+    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img = img.rotate(rng.uniform(-15, 15), resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+    area, ratio = rng.uniform(0.8, 1.0), math.exp(rng.uniform(math.log(0.9), math.log(1.1)))
+    cw, ch = min(w, w * math.sqrt(area * ratio)), min(h, h * math.sqrt(area / ratio))
+    x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    img = img.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    enhancers = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
+    rng.shuffle(enhancers)
+    for enhancer in enhancers:
+        img = enhancer(img).enhance(rng.uniform(0.7, 1.3))
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=rng.randint(30, 90))
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB")
+    for _ in range(10):
+        area = w * h * rng.uniform(0.02, 0.25)
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
+        eh, ew = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 1 <= eh <= h and 1 <= ew <= w:
+            top, left = rng.randint(0, h - eh), rng.randint(0, w - ew)
+            ImageDraw.Draw(img).rectangle([left, top, left + ew - 1, top + eh - 1], fill=(0, 0, 0))
+            break
+    return img
+
+
+def rate(fn: Callable[[object], object], inputs: list, n: int) -> float:
+    """Images/s of ``fn`` over ``n`` images, cycling through ``inputs``."""
+    start = time.perf_counter()
+    for i in range(n):
+        fn(inputs[i % len(inputs)])
+    return n / (time.perf_counter() - start)
+
+
+def as_input(op: Callable) -> Callable:
+    if takes_sample(op):
+        return lambda img: op(FaceSample.aligned(img))
+    return op
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=400, help="images per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (median reported)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    with open("/proc/loadavg") as f:
+        print(f"loadavg before: {f.read().strip()}")
+    tensors = synthface_images(32, 112)
+    pils = [Image.fromarray(t.permute(1, 2, 0).numpy(), "RGB") for t in tensors]
+
+    seen: set[str] = set()
+    rows: list[tuple[str, float]] = []
+    for entry in registry.entries("augmenters"):
+        if entry.distribution != "tface-augment" or entry.target in seen:
+            continue
+        seen.add(entry.target)
+        op = as_input(registry.get("augmenters", entry.qualified)(p=1.0))
+        rate(op, tensors, 20)  # warm-up
+        rows.append((entry.name, statistics.median(rate(op, tensors, args.images // 2) for _ in range(3))))
+
+    compose = Compose([registry.get("augmenters", name)(p=1.0, **opts) for name, opts in PIPELINE])
+    rng = random.Random(0)
+    rate(compose, tensors, 20)
+    rate(lambda im: pil_pipeline(im, rng), pils, 20)
+    ours, theirs = [], []
+    for _ in range(args.rounds):
+        ours.append(rate(compose, tensors, args.images))
+        theirs.append(rate(lambda im: pil_pipeline(im, rng), pils, args.images))
+    t, p = statistics.median(ours), statistics.median(theirs)
+
+    print(f"\n(a) one op, defaults, p = 1, 112x112 uint8, 1 thread ({len(rows)} ops)\n")
+    print(f"| {'op':<20} | {'images/s':>9} | {'µs/image':>8} |")
+    print(f"|{'-' * 22}|{'-' * 10}:|{'-' * 9}:|")
+    for name, r in sorted(rows, key=lambda x: -x[1]):
+        print(f"| {name:<20} | {r:>9,.0f} | {1e6 / r:>8.0f} |")
+    print(f"\n(b, c) pipeline of {len(PIPELINE)} ops, all p = 1: median of {args.rounds} rounds x "
+          f"{args.images} images\n")
+    print(f"| {'pipeline':<20} | {'images/s':>9} | {'µs/image':>8} |")
+    print(f"|{'-' * 22}|{'-' * 10}:|{'-' * 9}:|")
+    print(f"| {'tface (Compose)':<20} | {t:>9,.0f} | {1e6 / t:>8.0f} |")
+    print(f"| {'Pillow':<20} | {p:>9,.0f} | {1e6 / p:>8.0f} |")
+    print(f"\nratio tface / Pillow: {t / p:.2f}x")
+    with open("/proc/loadavg") as f:
+        print(f"loadavg after: {f.read().strip()}")
+
+
+if __name__ == "__main__":
+    main()
