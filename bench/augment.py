@@ -17,47 +17,49 @@ each is reported, and the ratio (b) / (c) (> 1: tface is faster).
 
     python bench/augment.py [--images 400] [--rounds 5]
 
-Measured 2026-12-03, 2 cores, ``python bench/augment.py`` (``cat /proc/loadavg`` before and after: the
-cores were shared with other test runs, so the single-op rates are rough; the pipeline rows are interleaved):
+Measured 2026-12-03, 2 cores, ``python bench/augment.py`` on a quiet machine, after the affine warp moved to
+``affine_grid`` (the single-op rates still vary by up to 2x from run to run; the pipeline rows are interleaved):
 
-    loadavg before: 2.00 1.58 1.21 3/87 7615
+    loadavg before: 0.80 1.22 1.18 1/85 9735
 
     (a) one op, defaults, p = 1, 112x112 uint8, 1 thread (20 ops)
 
     | op                   |  images/s | µs/image |
     |----------------------|----------:|---------:|
-    | posterize            |    73,982 |       14 |
-    | random_erasing       |    24,901 |       40 |
-    | hflip                |    15,715 |       64 |
-    | autocontrast         |    13,125 |       76 |
-    | grayscale            |    12,884 |       78 |
-    | solarize             |    10,722 |       93 |
-    | noise                |     4,754 |      210 |
-    | jpeg                 |     4,312 |      232 |
-    | lowres               |     3,767 |      265 |
-    | equalize             |     3,290 |      304 |
-    | color_jitter         |     3,218 |      311 |
-    | sharpness            |     3,014 |      332 |
-    | random_resized_crop  |     1,738 |      575 |
-    | motion_blur          |     1,614 |      620 |
-    | rotate               |     1,488 |      672 |
-    | blur                 |     1,221 |      819 |
-    | shift                |     1,173 |      852 |
-    | glasses              |       255 |     3924 |
-    | mask                 |       183 |     5472 |
-    | headscarf            |        98 |    10256 |
+    | posterize            |    54,529 |       18 |
+    | hflip                |    31,825 |       31 |
+    | grayscale            |    14,424 |       69 |
+    | random_erasing       |    14,420 |       69 |
+    | solarize             |     7,709 |      130 |
+    | autocontrast         |     6,719 |      149 |
+    | lowres               |     3,951 |      253 |
+    | jpeg                 |     3,621 |      276 |
+    | noise                |     3,224 |      310 |
+    | equalize             |     3,108 |      322 |
+    | color_jitter         |     2,849 |      351 |
+    | sharpness            |     2,130 |      469 |
+    | random_resized_crop  |     1,592 |      628 |
+    | rotate               |     1,459 |      686 |
+    | shift                |     1,409 |      710 |
+    | motion_blur          |     1,337 |      748 |
+    | blur                 |     1,128 |      887 |
+    | glasses              |       200 |     4993 |
+    | mask                 |       144 |     6948 |
+    | headscarf            |        80 |    12569 |
 
     (b, c) pipeline of 7 ops, all p = 1: median of 5 rounds x 400 images
 
     | pipeline             |  images/s | µs/image |
     |----------------------|----------:|---------:|
-    | tface (Compose)      |       301 |     3319 |
-    | Pillow               |       593 |     1686 |
+    | tface (Compose)      |       362 |     2759 |
+    | Pillow               |       607 |     1649 |
 
-    ratio tface / Pillow: 0.51x
-    loadavg after: 2.22 1.66 1.25 3/95 7644
+    ratio tface / Pillow: 0.60x
+    loadavg after: 0.88 1.20 1.18 1/85 9735
 
-The tface pipeline takes about twice as long per image as Pillow's. By the single-op rows, blur (a float
+(An earlier run under load 2.0, before the warp change: 301 vs 593 images/s, 0.51x.)
+
+The tface pipeline takes about 1.7 times as long per image as Pillow's. By the single-op rows, blur (a float
 convolution) and the two affine warps (rotate, random_resized_crop: a float ``grid_sample`` each) take most
 of it; Pillow does those three in uint8 C loops. The occluders (glasses, mask, headscarf) are the dearest
 ops by far.

@@ -32,20 +32,22 @@ def _apply(p: float) -> bool:
 def warp_affine(image: Tensor, matrix: Tensor, fill: int = 0) -> Tensor:
     """``image`` (uint8 ``[3, H, W]``) resampled so that source pixel ``(x, y)`` lands at ``M @ [x, y, 1]``.
 
-    Bilinear; output pixels whose source lies outside the image get ``fill``.
+    Bilinear; output pixels whose source lies outside the image get ``fill``. The pixel-space inverse is turned
+    into ``affine_grid``'s normalised coordinates (``align_corners``: -1 and 1 are the outer pixel centres).
     """
     _, h, w = image.shape
     full = torch.cat([matrix.double(), torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
-    inverse = torch.linalg.inv(full)[:2].float()
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
-    points = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1) @ inverse.T  # [H, W, 2] source (x, y)
-    grid = torch.stack([2 * points[..., 0] / max(w - 1, 1) - 1, 2 * points[..., 1] / max(h - 1, 1) - 1], dim=-1)
-    src = torch.cat([image.float(), torch.ones(1, h, w)]).unsqueeze(0)  # a ones channel marks what is inside
-    out = F.grid_sample(src, grid.unsqueeze(0), mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    inside = out[3:]
-    pixels = out[:3] + (1 - inside) * float(fill)
-    return pixels.round_().clamp_(0, 255).to(torch.uint8)
+    norm = torch.tensor([[2.0 / max(w - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(h - 1, 1), -1.0], [0.0, 0.0, 1.0]],
+                        dtype=torch.float64)
+    theta = (norm @ torch.linalg.inv(full) @ torch.linalg.inv(norm))[:2].float().unsqueeze(0)
+    grid = F.affine_grid(theta, [1, 3, h, w], align_corners=True)
+    src = image.float().unsqueeze(0)
+    if fill:  # a ones channel marks what the source covers
+        src = torch.cat([src, torch.ones(1, 1, h, w)], dim=1)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    if fill:
+        out = out[:3] + (1 - out[3:]) * float(fill)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _map(landmarks: Tensor, matrix: Tensor) -> Tensor:
