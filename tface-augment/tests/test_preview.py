@@ -241,3 +241,14 @@ def test_colours_writes_a_small_palette_png_with_pure_dots(tmp_path):
     assert len(np.unique(px.reshape(-1, 3), axis=0)) <= 16
     for colour in COLOURS:
         assert (tile(px, 0, 0) == colour).all(axis=2).sum() >= 5  # every dot kept its colour
+
+
+def test_preview_survives_the_plugin_set_changing():
+    """The CLI registers plugin commands again when the installed plugins change (a test installs one, a
+    notebook pip-installs one): `augment preview` must still be there afterwards (it once came back empty)."""
+    assert "preview" in cli.get_command(None, "augment").commands
+    for _ in range(2):
+        cli._plugins_key = None  # as if the set of installed plugins had changed
+        assert "preview" in cli.get_command(None, "augment").commands
+    res = CliRunner().invoke(cli, ["augment", "preview", "--help"])
+    assert res.exit_code == 0 and "--landmarks" in res.output

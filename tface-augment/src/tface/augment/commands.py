@@ -20,7 +20,7 @@ def augment_group() -> None:
     """Look at a recipe's training augmentation (tface-augment)."""
 
 
-@augment_group.command("preview")
+@click.command("preview")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", "images", default="synthface", show_default=True, metavar="DIR|synthface",
               help="A folder of face crops (any image files, searched recursively, sorted by path), or "
@@ -71,7 +71,7 @@ def preview_cmd(recipe: Path, images: str, out: Path, count: int, copies: int, s
 def tface_register_commands(groups):
     root = groups["tface"]
     existing = root.commands.get("augment")
-    if isinstance(existing, click.Group):  # another plugin made the group first: join it
-        existing.add_command(preview_cmd)
-    else:
+    group = existing if isinstance(existing, click.Group) else augment_group  # another plugin's group: join it
+    group.add_command(preview_cmd)  # every time: the CLI registers commands again when plugins change
+    if group is augment_group:
         root.add_command(augment_group)

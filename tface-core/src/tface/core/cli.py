@@ -53,8 +53,9 @@ class _RootGroup(_Group):
             self._base_commands = {name: dict(g.commands) for name, g in groups.items()}
         else:  # forget the commands of the previous set of plugins
             for name, group in groups.items():
-                group.commands.clear()
-                group.commands.update(self._base_commands.get(name, {}))
+                if name in self._base_commands:  # a group a plugin brought is its own: dropped, never emptied
+                    group.commands.clear()
+                    group.commands.update(self._base_commands[name])
         self._plugins_key = key
         hooks.register_commands(hooks.plugin_manager(), self._groups())
 
