@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import torch
 
-__all__ = ["PROBABILITY", "Augmenter", "between", "randint", "span", "uniform"]
+__all__ = ["PROBABILITY", "Augmenter", "between", "fires", "randint", "span", "uniform"]
 
 #: Validators of a probability option ``p``.
 PROBABILITY = (attrs.validators.ge(0), attrs.validators.le(1))
@@ -49,6 +49,11 @@ def span(lo: float, hi: float) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def fires(p: float) -> bool:
+    """Whether an op with probability ``p`` acts this time (draws only when ``0 < p < 1``)."""
+    return p > 0 and (p >= 1 or bool(torch.rand(()) < p))
+
+
 def uniform(lo: float, hi: float) -> float:
     """A float drawn uniformly from ``[lo, hi]`` (torch's global generator)."""
     return lo + (hi - lo) * float(torch.rand(()))
@@ -78,7 +83,7 @@ class Augmenter:
 
     def fires(self) -> bool:
         """Whether to apply the op this time (draws only when ``0 < p < 1``)."""
-        return self.p > 0 and (self.p >= 1 or bool(torch.rand(()) < self.p))
+        return fires(self.p)
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -18,16 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tface.augment._base import PROBABILITY, span, uniform
+from tface.augment._base import PROBABILITY, fires, span, uniform
 from tface.core.config import option, options
 from tface.core.data.sample import MIRROR, FaceSample
 
 __all__ = ["HFlip", "HorizontalFlip", "Rotate", "Shift", "RandomResizedCrop", "warp_affine"]
-
-def _apply(p: float) -> bool:
-    """Whether to act this time: draws only when ``0 < p < 1``."""
-    return p > 0 and (p >= 1 or bool(torch.rand(()) < p))
-
 
 def warp_affine(image: Tensor, matrix: Tensor, fill: int = 0) -> Tensor:
     """``image`` (uint8 ``[3, H, W]``) resampled so that source pixel ``(x, y)`` lands at ``M @ [x, y, 1]``.
@@ -72,11 +67,14 @@ class _Affine:
         raise NotImplementedError
 
     def __call__(self, sample: FaceSample) -> FaceSample:
-        if not _apply(self.p):
+        if not fires(self.p):
             return sample
         _, h, w = sample.image.shape
         m = self.matrix(h, w)
         return FaceSample(warp_affine(sample.image, m, self.fill), _map(sample.landmarks, m))
+
+
+_MIRROR_INDEX = torch.tensor(MIRROR)
 
 
 @options
@@ -93,13 +91,14 @@ class HFlip:
         self.p = float(p)
 
     def __call__(self, sample: FaceSample | Tensor) -> FaceSample | Tensor:
-        if not _apply(self.p):
+        if not fires(self.p):
             return sample
         if isinstance(sample, Tensor):
             return sample.flip(-1)
         w = sample.image.shape[-1]
-        mirrored = sample.landmarks[list(MIRROR)].clone()
-        mirrored[:, 0] = (w - 1) - mirrored[:, 0]
+        lm = sample.landmarks
+        # x -> (W - 1) - x, y kept, left and right swapped: one indexed multiply-add
+        mirrored = torch.addcmul(lm.new_tensor([w - 1.0, 0.0]), lm[_MIRROR_INDEX], lm.new_tensor([-1.0, 1.0]))
         return FaceSample(sample.image.flip(-1), mirrored)
 
     def __repr__(self) -> str:

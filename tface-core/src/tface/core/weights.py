@@ -41,6 +41,7 @@ __all__ = [
     "load_into",
     "read_file",
     "read_weights",
+    "strip_wrappers",
     "unwrap_model",
 ]
 
@@ -194,7 +195,7 @@ def _unwrap(obj: Any, name: str, key: str | None) -> tuple[Mapping[str, Any], st
     return obj, ".".join(path) or None, step
 
 
-def _strip_wrappers(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+def strip_wrappers(sd: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Drop ``_orig_mod`` segments anywhere and a ``module.`` prefix shared by every key (repeatedly)."""
     stripped: list[str] = []
     out = dict(sd)
@@ -216,7 +217,7 @@ def read_weights(source: str | os.PathLike | Mapping[str, Any], *, key: str | No
     name = _describe(source)
     obj = source if isinstance(source, Mapping) else _load_file(Path(source))
     sd, nested, step = _unwrap(obj, name, key)
-    out, stripped = _strip_wrappers(sd)
+    out, stripped = strip_wrappers(sd)
     return Weights(out, name, nested, stripped, step)
 
 

@@ -38,6 +38,12 @@ class Classifier(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self._setup(num_classes, embedding_size, head, init_std, loss, ctx, seed)
+        self.weight = nn.Parameter(self._init(0, num_classes))
+
+    def _setup(self, num_classes: int, embedding_size: int, head: nn.Module, init_std: float,
+               loss: nn.Module | None, ctx: ReduceContext | None, seed: int | None) -> None:
+        """What every layout holds besides its centres."""
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.head = head
@@ -46,7 +52,6 @@ class Classifier(nn.Module):
         self.k = int(getattr(head, "centres_per_class", 1))
         self.init_std = float(init_std)
         self.seed = draw_seed() if seed is None else int(seed)
-        self.weight = nn.Parameter(self._init(0, num_classes))
 
     def _init(self, start: int, stop: int) -> Tensor:
         return ops.init_centres(start, stop, self.k, self.embedding_size, self.init_std, self.seed)

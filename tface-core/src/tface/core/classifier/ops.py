@@ -111,13 +111,31 @@ class GroupContext(ReduceContext):
     def gather(self, t: Tensor, sizes: list[int] | None = None) -> list[Tensor]:
         """Every rank's ``t`` (any length along dim 0); ``sizes``: those lengths when already known."""
         home = t.device
+        padded, sizes = self._padded(t, sizes)
+        out = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(out, padded, group=self.group)
+        return [o[:n].to(home) for o, n in zip(out, sizes)]
+
+    def gather_to_main(self, t: Tensor) -> Tensor | None:
+        """Rank 0: every rank's ``t`` concatenated in rank order; other ranks: None."""
+        home = t.device
+        padded, sizes = self._padded(t)
+        dst = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        if self.rank != 0:
+            dist.gather(padded, None, dst=dst, group=self.group)
+            return None
+        out = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.gather(padded, out, dst=dst, group=self.group)
+        return torch.cat([o[:n] for o, n in zip(out, sizes)], dim=0).to(home)
+
+    def _padded(self, t: Tensor, sizes: list[int] | None = None) -> tuple[Tensor, list[int]]:
+        """``t`` on the communication device, padded along dim 0 to the longest rank's length, and the lengths
+        (collectives need equal shapes)."""
         t = self._comm(t).contiguous()
         sizes = sizes if sizes is not None else self.sizes(t.shape[0], t.device)
         padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
         padded[:t.shape[0]] = t
-        out = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(out, padded, group=self.group)
-        return [o[:n].to(home) for o, n in zip(out, sizes)]
+        return padded, sizes
 
     def sizes(self, n: int, device: torch.device | None = None) -> list[int]:
         """Every rank's ``n``, in rank order."""
@@ -237,16 +255,4 @@ def gather_to_main(t: Tensor, ctx: ReduceContext) -> Tensor | None:
     if ctx.world_size == 1:
         return t
     assert isinstance(ctx, GroupContext)
-    home = t.device
-    t = ctx._comm(t).contiguous()
-    sizes = ctx.sizes(t.shape[0], t.device)
-    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[:t.shape[0]] = t
-    if ctx.rank == 0:
-        out = [torch.empty_like(padded) for _ in range(ctx.world_size)]
-        dist.gather(padded, out, dst=dist.get_global_rank(ctx.group, 0) if ctx.group is not None else 0,
-                    group=ctx.group)
-        return torch.cat([o[:n] for o, n in zip(out, sizes)], dim=0).to(home)
-    dist.gather(padded, None, dst=dist.get_global_rank(ctx.group, 0) if ctx.group is not None else 0,
-                group=ctx.group)
-    return None
+    return ctx.gather_to_main(t)

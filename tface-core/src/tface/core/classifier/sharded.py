@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from tface.core.classifier import ops
 from tface.core.classifier.contract import ReduceContext
-from tface.core.classifier.local import Classifier, draw_seed
+from tface.core.classifier.local import Classifier
 
 __all__ = ["ShardedClassifier"]
 
@@ -50,14 +50,7 @@ class ShardedClassifier(Classifier):
         if num_classes < max(2, ctx.world_size):
             raise ValueError(f"{num_classes} classes cannot be sharded over {ctx.world_size} processes "
                              "(each needs at least one)")
-        self.num_classes = num_classes
-        self.embedding_size = embedding_size
-        self.head = head
-        self.loss = loss
-        self.ctx = ctx
-        self.k = int(getattr(head, "centres_per_class", 1))
-        self.init_std = float(init_std)
-        self.seed = draw_seed() if seed is None else int(seed)
+        self._setup(num_classes, embedding_size, head, init_std, loss, ctx, seed)
         self.start, self.stop = ops.shard_range(num_classes, ctx.world_size, ctx.rank)
         self.sample_rate = float(sample_rate)
         self.sampled = sample_rate < 1.0 if sampled is None else bool(sampled)

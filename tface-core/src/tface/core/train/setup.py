@@ -160,17 +160,19 @@ def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[Branc
         return nn.ModuleDict()
     assert parts.head is not None and recipe.head is not None
     heads = [parts.head] + [recipe.head.build("head") for _ in specs[1:]]
-    nll = [(i, t) for i, t in enumerate(recipe.loss) if t.takes == "nll"]
+    # the classification loss, built like the heads: the recipe's instance for the first branch, new ones after
+    nll = next((i for i, t in enumerate(recipe.loss) if t.takes == "nll"), None)
+    losses = ([None] * len(specs) if nll is None else
+              [parts.losses[nll]] + [recipe.loss[nll].component.build(f"loss[{nll}]") for _ in specs[1:]])
     cfg = recipe.classifier
     distributed = world is not None and world.distributed
     out = nn.ModuleDict()
-    for i, (s, head) in enumerate(zip(specs, heads)):
+    for i, (s, head, loss) in enumerate(zip(specs, heads, losses)):
         n = int(s.dataset.num_classes)
         if n < 2:
             raise TrainingError(
                 f"{parts.data_keys[i]} ({recipe.data[i].source.name}): the data set has {n} "
                 f"identit{'y' if n == 1 else 'ies'}; training a classifier needs at least 2")
-        loss = recipe.loss[nll[0][0]].component.build(f"loss[{nll[0][0]}]") if nll else None
         if cfg.mode == "local":
             ctx = GroupContext(rows_split=True, device=world.device) if distributed else ReduceContext()
             out[s.name] = Classifier(n, emb, head, cfg.init_std, loss=loss, ctx=ctx)

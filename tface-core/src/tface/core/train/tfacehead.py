@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tface.core.weights import read_file
+from tface.core.weights import read_file, strip_wrappers
 
 __all__ = ["is_tface_heads", "tface_head_states", "SPLIT_FILE"]
 
@@ -25,7 +25,8 @@ SPLIT_FILE = re.compile(r"HEAD_Epoch_(\d+)_Split_(\d+)_checkpoint\.pth")
 
 
 def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    """``state`` without the ``module.`` prefix of a DDP-wrapped head (the weights reader's rule)."""
+    return strip_wrappers(state)[0]
 
 
 def is_tface_heads(obj: Any) -> bool:
