@@ -81,6 +81,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from tface.augment.preview import synthface_images
 from tface.core import registry
 from tface.core.data.sample import FaceSample, takes_sample
+from tface.core.train.batchaugment import DeviceAugment
 from tface.core.train.components import Compose
 
 PIPELINE = [
@@ -137,10 +138,58 @@ def as_input(op: Callable) -> Callable:
     return op
 
 
+def batch_rate(fn: Callable[[torch.Tensor, int], torch.Tensor], images: torch.Tensor, rounds: int) -> float:
+    """Images/s of ``fn(batch, k)`` over ``rounds`` calls on ``images`` (synchronised on a GPU)."""
+    fn(images, 0)  # warm-up
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for k in range(rounds):
+        fn(images, k + 1)
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    return rounds * len(images) / (time.perf_counter() - start)
+
+
+def batch_section(tensors: list[torch.Tensor], per_image: dict[str, float], batch: int, rounds: int,
+                  device: torch.device) -> None:
+    """(d): the ops with a batch form on a whole uint8 batch (``on = "device"``) vs one image at a time."""
+    images = torch.stack([tensors[i % len(tensors)] for i in range(batch)]).to(device)
+    rows = []
+    for name, r in per_image.items():
+        op = registry.get("augmenters", name)(p=1.0)
+        if not callable(getattr(op, "batch", None)):
+            continue
+        gen = torch.Generator(device=device)
+        b = statistics.median(batch_rate(lambda x, k, op=op, gen=gen: op.batch(x, gen.manual_seed(k)), images, rounds)
+                              for _ in range(3))
+        rows.append((name, r, b))
+    print(f"\n(d) ops with a batch form: one image at a time (a) vs batches of {batch} on {device} "
+          f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})\n")
+    print(f"| {'op':<20} | {'per image/s':>11} | {'batch images/s':>14} | {'ratio':>6} |")
+    print(f"|{'-' * 22}|{'-' * 12}:|{'-' * 15}:|{'-' * 7}:|")
+    for name, r, b in sorted(rows, key=lambda x: -x[2] / x[1]):
+        print(f"| {name:<20} | {r:>11,.0f} | {b:>14,.0f} | {b / r:>5.2f}x |")
+    ops = [(name, opts) for name, opts in PIPELINE if name != "jpeg"]
+    compose = Compose([registry.get("augmenters", name)(p=1.0, **opts) for name, opts in ops])
+    device_aug = DeviceAugment([registry.get("augmenters", name)(p=1.0, on="device", **opts) for name, opts in ops],
+                               seed=0)
+    one = statistics.median(rate(compose, tensors, max(batch, 200)) for _ in range(3))
+    whole = statistics.median(batch_rate(lambda x, k: device_aug(x, step=k), images, rounds) for _ in range(3))
+    print(f"\npipeline without jpeg ({', '.join(n for n, _ in ops)}), all p = 1:\n")
+    print(f"| {'placement':<28} | {'images/s':>9} |")
+    print(f"|{'-' * 30}|{'-' * 10}:|")
+    print(f"| {'workers (Compose, per image)':<28} | {one:>9,.0f} |")
+    print(f"| {'device (batch of ' + str(batch) + ', ' + device.type + ')':<28} | {whole:>9,.0f} |")
+    print(f"\nratio device / workers: {whole / one:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=400, help="images per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (median reported)")
+    parser.add_argument("--batch", type=int, default=128, help="batch size of the batch forms (d)")
+    parser.add_argument("--device", default="cpu", help="where (d) runs the batch forms: cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -181,6 +230,7 @@ def main() -> None:
     print(f"| {'tface (Compose)':<20} | {t:>9,.0f} | {1e6 / t:>8.0f} |")
     print(f"| {'Pillow':<20} | {p:>9,.0f} | {1e6 / p:>8.0f} |")
     print(f"\nratio tface / Pillow: {t / p:.2f}x")
+    batch_section(tensors, dict(rows), args.batch, max(2, args.images // args.batch), torch.device(args.device))
     with open("/proc/loadavg") as f:
         print(f"loadavg after: {f.read().strip()}")
 

@@ -228,6 +228,18 @@ def test_set_overrides_the_recipe(tmp_path):
     assert res.exit_code == 1 and "augment: expected an array of tables" in res.output
 
 
+def test_device_ops_are_previewed_image_by_image(tmp_path):
+    """``on = "device"`` ops run per image in the preview (the same formula as their batch form)."""
+    write_images(tmp_path / "faces", 1)
+    recipe = write_recipe(tmp_path, augment="")
+    out = tmp_path / "grid.png"
+    res = run(recipe, "--images", tmp_path / "faces", "--out", out, "--copies", 1, "--size", S,
+              "--set", 'augment=[{name="solarize", p=1.0, threshold=[0, 0], on="device"}]')
+    assert res.exit_code == 0, res.output
+    grid = load(out)
+    assert np.array_equal(tile(grid, 0, 1), 255 - tile(grid, 0, 0))
+
+
 def test_colours_writes_a_small_palette_png_with_pure_dots(tmp_path):
     write_images(tmp_path / "faces", 2)
     recipe = write_recipe(tmp_path)

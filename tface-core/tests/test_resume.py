@@ -21,7 +21,7 @@ from tface.core.cli import cli
 from tface.core.train import checkpoint
 from tface.core.train.trainer import Trainer
 
-# Two branches (different epoch lengths), a random augmenter,
+# Two branches (different epoch lengths), a random augmenter in the workers and two on the device,
 # an open metrics window at each checkpoint (log_every 3 vs checkpoint_every 5), an evaluation mid-run.
 RESUME_RECIPE = TOY_RECIPE.replace('''[data]
 name = "toydata"
@@ -45,6 +45,14 @@ threads = 1''') + '''
 [[augment]]
 name = "flip"
 p = 0.5
+
+[[augment]]
+name = "color_jitter"
+on = "device"
+
+[[augment]]
+name = "rotate"
+on = "device"
 '''
 
 # The trainer in a child process that SIGKILLs itself at a chosen point (test code only, no hook in tface):

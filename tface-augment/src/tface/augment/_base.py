@@ -1,19 +1,26 @@
-"""What every augmenter of this package shares: option checks, the ``p`` draw, random values, ``__repr__``.
+"""What every augmenter of this package shares: option checks, the ``p`` draw, random values, ``__repr__``,
+and the batch form of the ops that have one.
 
-All randomness comes from torch's global generator, which the data loader seeds per worker and per
-batch, so a resumed run draws the same augmentation.
+In a data worker all randomness comes from torch's global generator, which the data loader seeds per worker
+and per batch, so a resumed run draws the same augmentation. An op with a batch form (:class:`BatchAugmenter`)
+can instead run on the whole uint8 batch on the training device (``on = "device"``): the trainer hands it a
+generator seeded from (run seed, step, micro-batch, rank), so a resumed run draws the same there too.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
 
-__all__ = ["PROBABILITY", "Augmenter", "between", "fires", "randint", "span", "uniform"]
+__all__ = ["PROBABILITY", "Augmenter", "BatchAugmenter", "Draw", "Placement", "batch_apply", "between", "fires",
+           "randint", "span", "to_uint8", "uniform"]
+
+#: Where an op with a batch form runs: per image in the data workers, or per batch on the training device.
+Placement = Literal["workers", "device"]
 
 #: Validators of a probability option ``p``.
 PROBABILITY = (attrs.validators.ge(0), attrs.validators.le(1))
@@ -49,19 +56,71 @@ def span(lo: float, hi: float) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+class Draw:
+    """Random values for ``n`` samples at once from ``generator`` (None: torch's global one) on ``device``.
+
+    The per-image path (``n = 1``, global generator) and the batch path (a seeded device generator) of an op
+    draw through the same calls, so both follow one formula.
+    """
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device | str = "cpu"):
+        self.generator = generator
+        self.device = torch.device(device) if generator is None else generator.device
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform on [0, 1)."""
+        return torch.rand(shape, generator=self.generator, device=self.device, dtype=dtype)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+    def uniform(self, lo: float, hi: float, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform on ``[lo, hi]``, one value per element of ``shape``."""
+        return lo + (hi - lo) * self.rand(*shape, dtype=dtype)
+
+    def randint(self, lo: int, hi: int, *shape: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """Integers uniform on ``lo..hi``, both included."""
+        return torch.randint(int(lo), int(hi) + 1, shape, generator=self.generator, device=self.device, dtype=dtype)
+
+    def fires(self, p: float, n: int) -> torch.Tensor:
+        """Which of ``n`` samples an op with probability ``p`` acts on (bool ``[n]``; draws only when 0 < p < 1)."""
+        if p <= 0 or p >= 1:
+            return torch.full((n,), p >= 1, dtype=torch.bool, device=self.device)
+        return self.rand(n) < p
+
+
+def batch_apply(images: torch.Tensor, chosen: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``images`` with ``fn`` applied to the samples ``chosen`` marks (a new tensor; the input is left alone)."""
+    if bool(chosen.all()):
+        return fn(images)
+    out = images.clone()
+    if bool(chosen.any()):
+        index = chosen.nonzero().squeeze(1)
+        out[index] = fn(images[index])
+    return out
+
+
+_GLOBAL = Draw(None)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float pixel values rounded (half to even) and clamped to uint8, in place where possible."""
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def fires(p: float) -> bool:
     """Whether an op with probability ``p`` acts this time (draws only when ``0 < p < 1``)."""
-    return p > 0 and (p >= 1 or bool(torch.rand(()) < p))
+    return bool(_GLOBAL.fires(p, 1))
 
 
 def uniform(lo: float, hi: float) -> float:
     """A float drawn uniformly from ``[lo, hi]`` (torch's global generator)."""
-    return lo + (hi - lo) * float(torch.rand(()))
+    return lo + (hi - lo) * float(_GLOBAL.rand())
 
 
 def randint(lo: int, hi: int) -> int:
     """An int drawn uniformly from ``lo..hi``, both included (torch's global generator)."""
-    return int(torch.randint(int(lo), int(hi) + 1, ()))
+    return int(_GLOBAL.randint(lo, hi))
 
 
 class Augmenter:
@@ -97,3 +156,32 @@ class Augmenter:
         fields = attrs.fields(type(self).Config)  # type: ignore[attr-defined]
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields)
         return f"{type(self).__name__}({shown})"
+
+
+class BatchAugmenter(Augmenter):
+    """An augmenter that also has a batch form: ``params`` draws per-sample values, ``kernel`` applies them.
+
+    ``apply`` (one image in a worker) and ``batch`` (the uint8 batch ``[N, 3, H, W]`` on the training device,
+    ``on = "device"``) run the same two methods, so the two placements follow one formula.
+    """
+
+    on: str = "workers"
+
+    def params(self, n: int, draw: Draw, h: int, w: int) -> Any:  # pragma: no cover - abstract
+        """The random values of ``n`` samples of size ``h × w``."""
+        raise NotImplementedError
+
+    def kernel(self, images: torch.Tensor, params: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        """``images`` (uint8 ``[n, 3, H, W]``) changed by ``params``; uint8 out."""
+        raise NotImplementedError
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        return self.kernel(img[None], self.params(1, Draw(None, img.device), h, w))[0]
+
+    def batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each sample of the uint8 batch with probability ``p``, its values drawn from ``generator``."""
+        draw = Draw(generator)
+        chosen = draw.fires(self.p, len(images))
+        h, w = images.shape[-2:]
+        return batch_apply(images, chosen, lambda x: self.kernel(x, self.params(len(x), draw, h, w)))

@@ -15,34 +15,72 @@ import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms import InterpolationMode
 
-from tface.augment._base import PROBABILITY, Augmenter, between, randint, span, uniform
+from tface.augment._base import (
+    PROBABILITY,
+    Augmenter,
+    BatchAugmenter,
+    Draw,
+    Placement,
+    between,
+    randint,
+    span,
+    to_uint8,
+    uniform,
+)
 from tface.core.config import option, options
 
 __all__ = ["GaussianBlur", "GaussianNoise", "JpegCompression", "LowResolution", "MotionBlur", "RandomErasing"]
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+def _gauss_taps(sigma: torch.Tensor, sides: torch.Tensor, width: int) -> torch.Tensor:
+    """``[n, width]`` normalised 1-D Gaussians (centred; sample ``i`` nonzero over its own ``sides[i]`` taps).
+
+    A sample's taps are torchvision's kernel of its own size padded with zeros, so one convolution of
+    ``width`` taps blurs every sample by its own sigma; sigma 0 is the identity tap.
+    """
+    t = torch.arange(width, device=sigma.device, dtype=torch.float32) - (width - 1) / 2
+    s = sigma.clamp(min=1e-12).view(-1, 1)
+    taps = torch.exp(-0.5 * (t / s) ** 2) * (t.abs() <= (sides.view(-1, 1) - 1) / 2)
+    taps = torch.where(sigma.view(-1, 1) > 0, taps, (t == 0).float())
+    return taps / taps.sum(1, keepdim=True)
+
+
+def _separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Float ``[n, c, H, W]`` convolved per sample with ``cols`` (``[n, kw]``) along x, ``rows`` (``[n, kh]``)
+    along y; reflect padding keeps the size."""
+    n, c, h, w = x.shape
+    kh, kw = rows.shape[1], cols.shape[1]
+    y = nnf.pad(x.reshape(1, n * c, h, w), (kw // 2, kw // 2, 0, 0), mode="reflect")
+    y = nnf.conv2d(y, cols.repeat_interleave(c, 0).view(n * c, 1, 1, kw), groups=n * c)
+    y = nnf.pad(y, (0, 0, kh // 2, kh // 2), mode="reflect")
+    y = nnf.conv2d(y, rows.repeat_interleave(c, 0).view(n * c, 1, kh, 1), groups=n * c)
+    return y.view(n, c, h, w)
 
 
 @options
-class GaussianBlur(Augmenter):
+class GaussianBlur(BatchAugmenter):
     """Gaussian blur with ``sigma`` (pixels) drawn from [a, b]; kernel side ``2·ceil(3σ) + 1``.
 
     The kernel is cut to the image (at most ``2·side − 1``, as reflect padding needs); sigma 0 is no blur.
     """
 
     def __init__(self, p: float = option(0.5, *PROBABILITY),
-                 sigma: tuple[float, float] = option((0.5, 2.0), span(0, 50))):
-        self._store(p=p, sigma=sigma)
+                 sigma: tuple[float, float] = option((0.5, 2.0), span(0, 50)),
+                 on: Placement = "workers"):
+        self._store(p=p, sigma=sigma, on=on)
 
-    def apply(self, img: torch.Tensor) -> torch.Tensor:
-        sigma = uniform(*self.sigma)
-        if sigma <= 0:
-            return img
-        k = 2 * math.ceil(3 * sigma) + 1
-        h, w = img.shape[-2:]
-        return F.gaussian_blur(img, [min(k, 2 * w - 1), min(k, 2 * h - 1)], [sigma, sigma])
+    def params(self, n: int, draw: Draw, h: int, w: int) -> torch.Tensor:
+        return draw.uniform(*self.sigma, n)
+
+    def kernel(self, images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        side = 2 * torch.ceil(3 * sigma) + 1
+        side_x, side_y = side.clamp(max=2 * w - 1), side.clamp(max=2 * h - 1)
+        kw, kh = int(side_x.max()), int(side_y.max())
+        if kw == 1 and kh == 1:
+            return images.clone()
+        out = _separable(images.float(), _gauss_taps(sigma, side_y, kh), _gauss_taps(sigma, side_x, kw))
+        return to_uint8(out)
 
 
 def line_kernel(length: int, angle: float) -> torch.Tensor:
@@ -78,7 +116,7 @@ class MotionBlur(Augmenter):
         r = kernel.shape[-1] // 2
         x = nnf.pad(img[None].float(), (r, r, r, r), mode="replicate")
         out = nnf.conv2d(x, kernel.expand(3, 1, -1, -1), groups=3)[0]
-        return _to_uint8(out)
+        return to_uint8(out)
 
 
 @options
@@ -119,61 +157,77 @@ class LowResolution(Augmenter):
         if size == [h, w]:
             return img
         if self.down == "area":
-            small = _to_uint8(nnf.interpolate(img[None].float(), size=size, mode="area")[0])
+            small = to_uint8(nnf.interpolate(img[None].float(), size=size, mode="area")[0])
         else:
             small = F.resize(img, size, interpolation=_INTERPOLATION[self.down], antialias=self.down == "bilinear")
         return F.resize(small, [h, w], interpolation=_INTERPOLATION[self.up], antialias=False)
 
 
 @options
-class GaussianNoise(Augmenter):
+class GaussianNoise(BatchAugmenter):
     """Add zero-mean Gaussian noise with ``sigma`` in pixel units (0–255) drawn from [a, b], independent per value."""
 
     def __init__(self, p: float = option(0.5, *PROBABILITY),
-                 sigma: tuple[float, float] = option((2.0, 10.0), span(0, 255))):
-        self._store(p=p, sigma=sigma)
+                 sigma: tuple[float, float] = option((2.0, 10.0), span(0, 255)),
+                 on: Placement = "workers"):
+        self._store(p=p, sigma=sigma, on=on)
 
-    def apply(self, img: torch.Tensor) -> torch.Tensor:
-        sigma = uniform(*self.sigma)
-        return _to_uint8(img.float() + sigma * torch.randn(img.shape))
+    def params(self, n: int, draw: Draw, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return draw.uniform(*self.sigma, n), draw.randn(n, 3, h, w)
+
+    def kernel(self, images: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        sigma, noise = params
+        return to_uint8(images.float() + sigma.view(-1, 1, 1, 1) * noise[:, :images.shape[1]])
+
+
+#: rectangles drawn per image before giving up (torchvision's RandomErasing: 10)
+TRIES = 10
 
 
 @options
-class RandomErasing(Augmenter):
+class RandomErasing(BatchAugmenter):
     """Fill one rectangle with random values (``fill = "random"``) or with ``value`` (``fill = "constant"``).
 
     Its area is a fraction drawn from ``scale`` of the image, its aspect ratio (height / width) drawn
-    log-uniformly from ``ratio``; up to 10 tries find one that fits, after which the image is left as
-    it is. TFace's Cutout (a square of side 24 × mag px) is ``ratio = [1, 1]``.
+    log-uniformly from ``ratio``; the first of 10 drawn rectangles that fits is used, and when none does the
+    image is left as it is. TFace's Cutout (a square of side 24 × mag px) is ``ratio = [1, 1]``.
     """
 
     def __init__(self, p: float = option(0.5, *PROBABILITY),
                  scale: tuple[float, float] = option((0.02, 0.25), span(0, 1)),
                  ratio: tuple[float, float] = option((0.3, 3.3), span(0.01, 100)),
                  fill: Literal["random", "constant"] = "random",
-                 value: int = option(0, between(0, 255))):
-        self._store(p=p, scale=scale, ratio=ratio, fill=fill, value=value)
+                 value: int = option(0, between(0, 255)),
+                 on: Placement = "workers"):
+        self._store(p=p, scale=scale, ratio=ratio, fill=fill, value=value, on=on)
+
+    def params(self, n: int, draw: Draw, h: int, w: int) -> tuple[list[list[int]], Draw]:
+        """Per image ``[top, left, height, width]`` (height 0: nothing fits), and ``draw`` for the random fill."""
+        lo, hi = self.scale
+        f64 = torch.float64
+        area = h * w * draw.uniform(lo, hi, n, TRIES, dtype=f64)
+        aspect = torch.exp(draw.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), n, TRIES, dtype=f64))
+        eh, ew = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+        share = eh * ew / (h * w)
+        fits = (eh >= 1) & (eh <= h) & (ew >= 1) & (ew <= w) & (share >= lo) & (share <= hi)
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first rectangle that fits
+        found = fits.any(1)
+        eh, ew = eh.gather(1, first).squeeze(1) * found, ew.gather(1, first).squeeze(1) * found
+        top = torch.floor(draw.rand(n, dtype=f64) * (h - eh + 1))
+        left = torch.floor(draw.rand(n, dtype=f64) * (w - ew + 1))
+        return torch.stack([top, left, eh, ew], 1).long().tolist(), draw
 
     def rectangle(self, h: int, w: int) -> tuple[int, int, int, int] | None:
         """``(top, left, height, width)`` of a rectangle drawn for an ``h × w`` image, or None."""
-        lo, hi = self.scale
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            area = h * w * uniform(lo, hi)
-            aspect = math.exp(uniform(*log_ratio))
-            eh, ew = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-            if 1 <= eh <= h and 1 <= ew <= w and lo <= eh * ew / (h * w) <= hi:
-                return randint(0, h - eh), randint(0, w - ew), eh, ew
-        return None
+        top, left, eh, ew = self.params(1, Draw(None), h, w)[0][0]
+        return (top, left, eh, ew) if eh > 0 else None
 
-    def apply(self, img: torch.Tensor) -> torch.Tensor:
-        box = self.rectangle(*img.shape[-2:])
-        if box is None:
-            return img
-        top, left, eh, ew = box
-        out = img.clone()
-        if self.fill == "random":
-            out[:, top:top + eh, left:left + ew] = torch.randint(0, 256, (3, eh, ew), dtype=torch.uint8)
-        else:
-            out[:, top:top + eh, left:left + ew] = self.value
+    def kernel(self, images: torch.Tensor, params: tuple[list[list[int]], Draw]) -> torch.Tensor:
+        # one slice per image: a random fill is drawn for the rectangle only (a whole-image draw costs 8x more)
+        boxes, draw = params
+        out = images.clone()
+        for i, (top, left, eh, ew) in enumerate(boxes):
+            if eh > 0:
+                out[i, :, top:top + eh, left:left + ew] = (
+                    draw.randint(0, 255, 3, eh, ew, dtype=torch.uint8) if self.fill == "random" else self.value)
         return out

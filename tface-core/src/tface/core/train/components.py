@@ -14,6 +14,7 @@ from tface.core.backbone import backbone_info
 from tface.core.config import ConfigError
 from tface.core.data.sample import FaceSample, takes_sample
 from tface.core.protocol import check_inputs as protocol_inputs
+from tface.core.train.batchaugment import on_device, split_augmenters
 from tface.core.train.finetune import check_start_weights
 
 __all__ = ["Compose", "Components", "build_components"]
@@ -83,6 +84,9 @@ class Components:
         #: the built ``[[loss]]`` components, in recipe order (weights in ``recipe.loss``)
         self.losses: list[nn.Module] = built["losses"]
         self.augmenters: list[Any] = built["augmenters"]
+        #: the augmenters run per image in the data workers, and those run on the batch on the device (the tail)
+        self.worker_augmenters, self.device_augmenters = split_augmenters(
+            self.augmenters, [f"augment[{i}]" for i in range(len(self.augmenters))])
         self.protocols: list[Any] = built["protocols"]
         backbone_info(self.backbone, recipe.backbone.name)  # the contract, checked by --dry-run too
 
@@ -119,7 +123,8 @@ class Components:
             c = r.classifier
             lines.append(f"classifier {c.mode}" + (f", sample_rate {c.sample_rate:g}" if c.mode == "sampled" else ""))
         lines += [f"loss      {t.component.name}: weight {t.weight:g}" for t in r.loss]
-        lines += [f"augment   {c.name}: {a}" for c, a in zip(r.augment, self.augmenters)]
+        lines += [f"augment   {c.name}: {a}" + (" (on the device, per batch)" if on_device(a) else "")
+                  for c, a in zip(r.augment, self.augmenters)]
         lines += [f"eval      {c.name}: {type(p).__name__}" for c, p in zip(r.eval, self.protocols)]
         return lines
 

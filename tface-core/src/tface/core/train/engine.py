@@ -189,7 +189,10 @@ class StepEngine:
         losses: list[float] = []
         stats: dict[str, tuple[float, int, int, int]] = {}
         for i, batch in enumerate(batches):
-            loss, micro = self.forward(batch.to(s.device))
+            batch = batch.to(s.device)
+            if s.device_augment is not None:  # the on = "device" ops, seeded by (seed, step, micro-batch, rank)
+                batch = attrs.evolve(batch, images=s.device_augment(batch.images, step, i, s.rank))
+            loss, micro = self.forward(batch)
             if not torch.isfinite(loss):
                 bad = [n for n, (v, *_) in micro.items() if not math.isfinite(v)] or list(micro)
                 where = f"branch {', '.join(map(repr, bad))}" + (f", micro-batch {i + 1} of {k}" if k > 1 else "")

@@ -21,6 +21,7 @@ from tface.core.backbone import BackboneInfo, backbone_info
 from tface.core.classifier import Classifier, ReduceContext, ShardedClassifier
 from tface.core.classifier.ops import GroupContext
 from tface.core.data.branches import BranchLoader, BranchSpec
+from tface.core.train.batchaugment import DeviceAugment
 from tface.core.train.components import Components, Compose
 from tface.core.train.ema import EMA
 from tface.core.train.errors import TrainingError
@@ -93,6 +94,8 @@ class TrainingSetup:
     sync_context: Callable[[bool], contextlib.AbstractContextManager] = lambda last: contextlib.nullcontext()
     #: the ``[train]`` table: precision, accumulation, clipping and the NaN policy the engine follows
     cfg: recipe_mod.TrainConfig = attrs.field(factory=recipe_mod.TrainConfig)
+    #: the ``[[augment]]`` ops that run on each uint8 batch on the device (``on = "device"``), or None
+    device_augment: DeviceAugment | None = None
     #: the backbone's training forward: ``torch.compile(backbone)`` under ``train.compile``, else None (the
     #: backbone itself); it shares its parameters with ``backbone``, which evaluation and checkpoints use
     compiled: nn.Module | None = None
@@ -109,7 +112,7 @@ class TrainingSetup:
 
 def _branch_specs(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]) -> list[BranchSpec]:
     cfg = recipe.train
-    transform = Compose(parts.augmenters) if parts.augmenters else None
+    transform = Compose(parts.worker_augmenters) if parts.worker_augmenters else None
     specs = []
     for i, (branch, source) in enumerate(zip(recipe.data, parts.sources)):
         try:
@@ -132,12 +135,14 @@ def _check_image_size(specs: list[BranchSpec], info: BackboneInfo, backbone: str
     """Refuse a branch whose (augmented) images are not the backbone's input size, before any step.
 
     Without it the mismatch surfaces as a shape error deep inside the backbone at the first step, after the
-    data was prepared and the untrained model evaluated (evaluation resizes crops; training does not).
+    data was prepared and the untrained model evaluated (evaluation resizes crops; training does not). The
+    sample is read under a forked generator: otherwise a random augmenter would shift the run's random numbers.
     """
     side = info.input_size
     for s in specs:
         try:
-            image = s.dataset[0][0]
+            with torch.random.fork_rng(devices=[]):  # the augmenters' draws must not move the run's generator
+                image = s.dataset[0][0]
         except Exception:  # noqa: BLE001 - a bad first record is the loader's to report, with its own message
             continue
         shape = tuple(getattr(image, "shape", ()))[-2:]
@@ -271,4 +276,6 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
                          embedding_losses=embedding_losses, classifier_weight=classifier_weight,
                          world_size=world_size, local_rank=world.local_rank if world is not None else 0, cfg=cfg,
                          extra_state={k: optimisation[k] for k in ("scaler", "ema") if optimisation[k] is not None},
+                         device_augment=(DeviceAugment(parts.device_augmenters, recipe.seed)
+                                         if parts.device_augmenters else None),
                          **optimisation)
