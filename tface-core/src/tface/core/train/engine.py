@@ -10,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import torch
-from torch import nn
 
 from tface.core.classifier import ReduceContext, ShardedClassifier
 from tface.core.data.branches import MultiBatch
 from tface.core.train.errors import TrainingError
+from tface.core.train.marginsoftmax import TrainModule
 from tface.core.train.setup import TrainingSetup
 
 __all__ = ["StepResult", "StepEngine", "TrainModule", "train_module", "autocast", "clip_grad_norm",
@@ -62,55 +62,6 @@ def train_module(setup: TrainingSetup) -> TrainModule:
     backbone = setup.compiled if setup.compiled is not None else setup.backbone
     return TrainModule(backbone, setup.classifiers, lambda: autocast(setup), setup.embedding_losses,
                        setup.classifier_weight)
-
-
-#: One branch's outcome of a forward: its weighted loss, top-1 hits, rows, and rows a classifier scored.
-BranchOut = tuple[torch.Tensor, int, int, int]
-
-
-class TrainModule(nn.Module):
-    """The backbone, the replicated classifiers and the embedding losses as one module, so one wrap (DDP)
-    covers every parameter whose gradient the processes average.
-
-    Sharded classifiers are called from the forward but are not submodules: their centres differ per process
-    and their gradients are already exact, so DDP must not average them.
-    Only the backbone runs under ``autocast``; the classifiers (cosines, margins, softmax cross-entropy) see fp32
-    embeddings and run in fp32, so a margin of a few hundredths is not lost in bf16's 8-bit mantissa.
-    """
-
-    def __init__(self, backbone: nn.Module, classifiers: nn.ModuleDict,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                 embedding_losses: Sequence[tuple[nn.Module, float]] = (), classifier_weight: float = 1.0):
-        super().__init__()
-        self.backbone = backbone
-        self.classifiers = nn.ModuleDict({n: c for n, c in classifiers.items() if not isinstance(c, ShardedClassifier)})
-        self.embedding_losses = nn.ModuleList([m for m, _ in embedding_losses])
-        self.loss_weights = [float(w) for _, w in embedding_losses]
-        self.classifier_weight = float(classifier_weight)
-        self.autocast = autocast
-        # a plain dict: not registered, so DDP neither syncs nor broadcasts the shards
-        self.__dict__["sharded"] = {n: c for n, c in classifiers.items() if isinstance(c, ShardedClassifier)}
-
-    def forward(self, images: torch.Tensor, batch: MultiBatch) -> list[BranchOut]:
-        """Per branch of ``batch``: (loss, correct, rows, scored) on that branch's embeddings."""
-        with self.autocast():
-            embeddings = self.backbone(images)
-        embeddings = embeddings.float()
-        out: list[BranchOut] = []
-        for name, emb, labels in zip(batch.names, batch.split(embeddings), batch.labels):
-            classifier = self.classifiers[name] if name in self.classifiers else self.sharded.get(name)
-            loss: torch.Tensor | None = None
-            correct = scored = 0
-            if classifier is not None:
-                result = classifier(emb, labels)
-                loss = result.loss * self.classifier_weight if self.classifier_weight != 1 else result.loss
-                correct, scored = result.correct, result.seen
-            for module, weight in zip(self.embedding_losses, self.loss_weights):
-                term = module(emb, labels) * weight
-                loss = term if loss is None else loss + term
-            assert loss is not None, "a recipe without a classifier has at least one embedding loss"
-            out.append((loss, correct, len(labels), scored))
-        return out
 
 
 def clip_grad_norm(params: Sequence[torch.Tensor], shard_params: Sequence[torch.Tensor], max_norm: float,

@@ -18,14 +18,14 @@ from torch import nn
 
 from tface.core import recipe as recipe_mod
 from tface.core.backbone import BackboneInfo, backbone_info
-from tface.core.classifier import Classifier, ReduceContext, ShardedClassifier
-from tface.core.classifier.ops import GroupContext
+from tface.core.classifier import ShardedClassifier
 from tface.core.data.branches import BranchLoader, BranchSpec
 from tface.core.train.batchaugment import DeviceAugment
 from tface.core.train.components import Components, Compose
 from tface.core.train.ema import EMA
 from tface.core.train.errors import TrainingError
 from tface.core.train.finetune import load_start_weights
+from tface.core.train.marginsoftmax import build_classifiers
 from tface.core.train.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -153,45 +153,6 @@ def _check_image_size(specs: list[BranchSpec], info: BackboneInfo, backbone: str
                 f"= {shape[0]} if the backbone offers it, or render the data at {side} (SynthFace: data.image_size)")
 
 
-def _classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[BranchSpec], emb: int,
-                 world: World | None) -> nn.ModuleDict:
-    """One classifier per branch: class spaces of different data sets never mix (TFace: one head each).
-
-    ``[classifier] mode`` decides the layout: ``local`` (every process holds every centre), ``sharded`` or
-    ``sampled`` (each process holds a class range, :class:`~tface.core.classifier.ShardedClassifier`). None
-    when the ``[[loss]]`` tables hold no classification loss.
-    """
-    if not recipe.uses_classifier:
-        return nn.ModuleDict()
-    assert parts.head is not None and recipe.head is not None
-    heads = [parts.head] + [recipe.head.build("head") for _ in specs[1:]]
-    # the classification loss, built like the heads: the recipe's instance for the first branch, new ones after
-    nll = next((i for i, t in enumerate(recipe.loss) if t.takes == "nll"), None)
-    losses = ([None] * len(specs) if nll is None else
-              [parts.losses[nll]] + [recipe.loss[nll].component.build(f"loss[{nll}]") for _ in specs[1:]])
-    cfg = recipe.classifier
-    distributed = world is not None and world.distributed
-    out = nn.ModuleDict()
-    for i, (s, head, loss) in enumerate(zip(specs, heads, losses)):
-        n = int(s.dataset.num_classes)
-        if n < 2:
-            raise TrainingError(
-                f"{parts.data_keys[i]} ({recipe.data[i].source.name}): the data set has {n} "
-                f"identit{'y' if n == 1 else 'ies'}; training a classifier needs at least 2")
-        if cfg.mode == "local":
-            ctx = GroupContext(rows_split=True, device=world.device) if distributed else ReduceContext()
-            out[s.name] = Classifier(n, emb, head, cfg.init_std, loss=loss, ctx=ctx)
-            continue
-        ctx = GroupContext(rows_split=False, device=world.device) if distributed else ReduceContext()
-        if n < ctx.world_size:
-            raise TrainingError(f"{parts.data_keys[i]}: {n} classes cannot be sharded over {ctx.world_size} "
-                                'processes; use [classifier] mode = "local"')
-        out[s.name] = ShardedClassifier(n, emb, head, cfg.init_std, ctx=ctx, loss=loss,
-                                        sample_rate=cfg.sample_rate if cfg.mode == "sampled" else 1.0,
-                                        sampled=cfg.mode == "sampled")
-    return out
-
-
 def _prepare_data(recipe: recipe_mod.Recipe, parts: Components, echo: Callable[[str], None]
                   ) -> tuple[list[BranchSpec], dict[str, dict[str, Path]]]:
     """The training data sets and the evaluation files the sources provide (generated into caches if needed)."""
@@ -252,7 +213,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     info = backbone_info(backbone, recipe.backbone.name)
     _check_image_size(specs, info, recipe.backbone.name)
     emb = info.embedding_size
-    classifiers = _classifiers(recipe, parts, specs, emb, world).to(device)
+    classifiers = build_classifiers(recipe, parts, specs, emb, world).to(device)
     load_start_weights(recipe, backbone, classifiers, echo)  # fine-tuning: before the optimiser exists
     optimisation = optimisation_parts(cfg, backbone, classifiers, device)
     for c in classifiers.values():
