@@ -15,13 +15,14 @@ def test_the_table():
         ("backbones", "backbone", "backbone", False, "tface.backbones"),
         ("heads", "head", "head", False, "tface.heads"),
         ("losses", "loss", "loss", True, "tface.losses"),
+        ("methods", "method", "method", False, "tface.methods"),
         ("augmenters", "augmenter", "augment", True, "tface.augmenters"),
         ("datasets", "dataset", "data", True, "tface.datasets"),
         ("protocols", "protocol", "eval", True, "tface.protocols"),
         ("plugins", "plugin", None, False, "tface.plugins"),
     ]
     assert tuple(k.name for k in kinds.TABLE) == kinds.NAMES
-    assert [k.slot for k in kinds.in_recipe()] == ["backbone", "head", "loss", "augment", "data", "eval"]
+    assert [k.slot for k in kinds.in_recipe()] == ["backbone", "head", "loss", "method", "augment", "data", "eval"]
     assert kinds.singular("heads") == "head" and kinds.singular("widgets") == "widgets"
     with pytest.raises(KeyError):
         kinds.get("widgets")
@@ -35,19 +36,21 @@ def test_every_base_imports():
 
     from tface.core.classifier import MarginHead
     from tface.core.data.source import DatasetSource
+    from tface.core.method import TrainingMethod
     from tface.core.protocol import EvalProtocol
 
-    assert [k.base_type() for k in kinds.TABLE] == [nn.Module, MarginHead, nn.Module, collections.abc.Callable,
+    assert [k.base_type() for k in kinds.TABLE] == [nn.Module, MarginHead, nn.Module, TrainingMethod,
+                                                     collections.abc.Callable,
                                                      DatasetSource, EvalProtocol, types.ModuleType]
 
 
 def test_the_registry_and_the_recipe_derive_their_lists_from_it():
     assert registry.KINDS == kinds.NAMES
-    assert recipe._COMPONENTS == {"backbone": "backbones", "head": "heads"}
+    assert recipe._COMPONENTS == {"backbone": "backbones", "head": "heads", "method": "methods"}
     assert recipe._COMPONENT_LISTS == {"augment": "augmenters", "eval": "protocols"}
     assert recipe._DATA_KIND == "datasets" and recipe._LOSS_KIND == "losses"
     top_level = {"seed", "device", "output_dir", "train", "distributed", "classifier", "data", "backbone", "head",
-                 "loss", "augment", "eval"}
+                 "loss", "method", "augment", "eval"}
     assert top_level == recipe._TOP_LEVEL
     assert set(kinds.NAMES) >= {kind for provided in catalog.DISTRIBUTIONS.values() for kind in provided}
 

@@ -331,6 +331,13 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         if len(args) == 2:
             return {k: _convert(v, args[1], f"{path}.{k}", problems) for k, v in value.items()}
         return dict(value)
+    hook = getattr(tp, "__tface_structure__", None)
+    if hook is not None:  # a type that reads its own tables (tface.core.reference: component references)
+        before = len(problems)
+        out = hook(value, path, problems)
+        if out is None or len(problems) > before:
+            raise _Fail
+        return out
     if attrs.has(tp):
         if not isinstance(value, dict):
             fail()
@@ -437,6 +444,9 @@ def structure(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
 
 def unstructure(obj: Any) -> Any:
     """attrs instance → plain TOML-ready data (paths become strings, ``None`` values are dropped)."""
+    own = getattr(obj, "__tface_unstructure__", None)
+    if own is not None:  # a type that writes its own table (the reverse of ``__tface_structure__``)
+        return own()
     if attrs.has(type(obj)):
         out = {}
         for f in attrs.fields(type(obj)):

@@ -48,6 +48,8 @@ TABLE: tuple[Kind, ...] = (
     Kind("heads", "head", "tface.core.classifier:MarginHead", slot="head"),
     # ``[[loss]]``: the objective (tface.core.losses says which inputs each loss takes)
     Kind("losses", "loss", "torch.nn:Module", slot="loss", many=True),
+    # ``[method]``: what a training step computes (margin_softmax when the recipe names none)
+    Kind("methods", "method", "tface.core.method:TrainingMethod", slot="method"),
     Kind("augmenters", "augmenter", "collections.abc:Callable", slot="augment", many=True),
     # ``[data]`` (one branch) or ``[[data]]`` (several); the recipe splits off the branch keys
     Kind("datasets", "dataset", "tface.core.data.source:DatasetSource", slot="data", many=True),

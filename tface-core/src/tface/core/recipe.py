@@ -20,6 +20,7 @@ import attrs
 
 from tface.core import kinds, registry
 from tface.core.config import INT_MAX, ConfigError, closest, structure, unstructure, validate_options
+from tface.core.reference import ComponentRef
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +58,9 @@ class StartWeights:
 
 #: Keys of a ``[backbone]`` or ``[classifier]`` table that name the weights to start from (not component options).
 WEIGHT_KEYS = ("checkpoint", "strict")
+
+#: the training method of a recipe without a ``[method]`` table (tface.core.method)
+DEFAULT_METHOD = "margin_softmax"
 
 CLASSIFIER_MODES = ("local", "sharded", "sampled")
 
@@ -260,6 +264,8 @@ class Recipe:
     classifier: ClassifierConfig = attrs.field(factory=ClassifierConfig)
     #: the ``[[loss]]`` tables; empty: the classifier's softmax cross-entropy
     loss: list[LossTerm] = attrs.field(factory=list)
+    #: the ``[method]`` table: what a training step computes (``margin_softmax`` when the recipe names none)
+    method: Component = attrs.field(factory=lambda: Component("methods", DEFAULT_METHOD))
     augment: list[Component] = attrs.field(factory=list)
     eval: list[Component] = attrs.field(factory=list)
     seed: int = 0
@@ -285,6 +291,8 @@ class Recipe:
             out["classifier"] = self.classifier.to_table()
         if self.loss:
             out["loss"] = [t.to_table() for t in self.loss]
+        if self.method.to_table() != {"name": DEFAULT_METHOD}:
+            out["method"] = self.method.to_table()
         out["train"] = unstructure(self.train)
         out["distributed"] = unstructure(self.distributed)
         if self.augment:
@@ -318,6 +326,8 @@ def _resolve_paths(value: Any, base: Path) -> Any:
     if isinstance(value, pathlib.PurePath):
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (base / p).resolve()
+    if isinstance(value, ComponentRef):
+        return value.resolved(base)
     if isinstance(value, list):
         return [_resolve_paths(v, base) for v in value]
     if isinstance(value, tuple):
@@ -498,6 +508,9 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
     for key, kind in _COMPONENTS.items():
         if key == "head" and key not in raw and _embedding_only(raw.get("loss")):
             continue  # the objective has no classification loss: no classifier, no head
+        if key == "method" and key not in raw:
+            parts[key] = _component(kind, {"name": DEFAULT_METHOD}, key, base, problems)
+            continue
         if key not in raw:
             problems.append(f"{key}: required table is missing")
             continue
@@ -557,6 +570,7 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
         distributed=distributed,
         classifier=classifier if classifier is not None else ClassifierConfig(),
         loss=losses,
+        method=parts["method"],
         augment=parts["augment"],
         eval=parts["eval"],
         seed=seed,

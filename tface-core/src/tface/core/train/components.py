@@ -13,7 +13,9 @@ from tface.core import recipe as recipe_mod
 from tface.core.backbone import backbone_info
 from tface.core.config import ConfigError
 from tface.core.data.sample import FaceSample, takes_sample
+from tface.core.method import TrainingMethod
 from tface.core.protocol import check_inputs as protocol_inputs
+from tface.core.recipe import DEFAULT_METHOD
 from tface.core.train.batchaugment import on_device, split_augmenters
 from tface.core.train.finetune import check_start_weights
 
@@ -83,6 +85,8 @@ class Components:
         self.head: nn.Module | None = built["heads"]
         #: the built ``[[loss]]`` components, in recipe order (weights in ``recipe.loss``)
         self.losses: list[nn.Module] = built["losses"]
+        #: the training method (``[method]``; margin_softmax by default)
+        self.method: TrainingMethod = built["methods"]
         self.augmenters: list[Any] = built["augmenters"]
         #: the augmenters run per image in the data workers, and those run on the batch on the device (the tail)
         self.worker_augmenters, self.device_augmenters = split_augmenters(
@@ -123,6 +127,8 @@ class Components:
             c = r.classifier
             lines.append(f"classifier {c.mode}" + (f", sample_rate {c.sample_rate:g}" if c.mode == "sampled" else ""))
         lines += [f"loss      {t.component.name}: weight {t.weight:g}" for t in r.loss]
+        if r.method.name != DEFAULT_METHOD or r.method.options:
+            lines.append(f"method    {r.method.name}: {self.method!r}")
         lines += [f"augment   {c.name}: {a}" + (" (on the device, per batch)" if on_device(a) else "")
                   for c, a in zip(r.augment, self.augmenters)]
         lines += [f"eval      {c.name}: {type(p).__name__}" for c, p in zip(r.eval, self.protocols)]

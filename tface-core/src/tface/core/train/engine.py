@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import attrs
 import torch
+from torch import nn
 
 from tface.core.classifier import ReduceContext, ShardedClassifier
 from tface.core.data.branches import MultiBatch
@@ -57,11 +58,10 @@ def autocast(setup: TrainingSetup) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=setup.device.type, dtype=dtype)
 
 
-def train_module(setup: TrainingSetup) -> TrainModule:
-    """The forward of a step over ``setup``: the (compiled, under ``train.compile``) backbone and the classifiers."""
-    backbone = setup.compiled if setup.compiled is not None else setup.backbone
-    return TrainModule(backbone, setup.classifiers, lambda: autocast(setup), setup.embedding_losses,
-                       setup.classifier_weight)
+def train_module(setup: TrainingSetup) -> nn.Module:
+    """The forward of a step over ``setup``: the run's method builds it (the default: backbone, classifiers and
+    embedding losses, :class:`~tface.core.train.marginsoftmax.TrainModule`)."""
+    return setup.method.train_module(setup)
 
 
 def clip_grad_norm(params: Sequence[torch.Tensor], shard_params: Sequence[torch.Tensor], max_norm: float,

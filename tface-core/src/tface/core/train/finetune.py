@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from tface.core.recipe import Recipe, StartWeights
+from tface.core.reference import ComponentRef
 from tface.core.train.errors import TrainingError
 from tface.core.train.tfacehead import is_tface_heads, tface_head_states
 from tface.core.weights import WeightsError, load_into, read_file
@@ -23,12 +24,17 @@ __all__ = ["load_start_weights", "check_start_weights"]
 
 
 def check_start_weights(recipe: Recipe) -> list[str]:
-    """``key: problem`` for each named weights file that does not exist (checked before the run folder)."""
+    """``key: problem`` for each named weights file that does not exist (checked before the run folder), also those
+    of component references in the ``[method]`` options."""
     out = []
     for key, weights in (("backbone", recipe.backbone.weights), ("classifier", recipe.classifier)):
         if weights.checkpoint is not None and not weights.checkpoint.is_file():
             what = "is not a file" if weights.checkpoint.exists() else "no such file"
             out.append(f"{key}.checkpoint: {what}: {weights.checkpoint}")
+    for name, value in recipe.method.options.items():  # component references among the method's options
+        problem = value.missing_file() if isinstance(value, ComponentRef) else None
+        if problem:
+            out.append(f"method.{name}.{problem}")
     return out
 
 

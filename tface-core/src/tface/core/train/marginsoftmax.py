@@ -18,13 +18,15 @@ from tface.core import recipe as recipe_mod
 from tface.core.classifier import Classifier, ReduceContext, ShardedClassifier
 from tface.core.classifier.ops import GroupContext
 from tface.core.data.branches import BranchSpec, MultiBatch
+from tface.core.method import MethodContext, MethodParts, TrainingMethod
 from tface.core.train.components import Components
 from tface.core.train.errors import TrainingError
 
 if TYPE_CHECKING:
     from tface.core.train.distributed import World
+    from tface.core.train.setup import TrainingSetup
 
-__all__ = ["BranchOut", "TrainModule", "build_classifiers"]
+__all__ = ["BranchOut", "MarginSoftmax", "TrainModule", "build_classifiers"]
 
 
 def build_classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[BranchSpec], emb: int,
@@ -116,3 +118,19 @@ class TrainModule(nn.Module):
         return out
 
 
+
+
+class MarginSoftmax(TrainingMethod):
+    """The default method: per branch a classifier (the recipe's ``[head]`` and classification loss, in the
+    ``[classifier]`` layout) plus the recipe's embedding losses, on one backbone forward (TFace's training)."""
+
+    def build(self, ctx: MethodContext) -> MethodParts:
+        classifiers = build_classifiers(ctx.recipe, ctx.parts, ctx.specs, ctx.embedding_size, ctx.world)
+        return MethodParts(classifiers=classifiers)
+
+    def train_module(self, setup: TrainingSetup) -> nn.Module:
+        from tface.core.train.engine import autocast
+
+        backbone = setup.compiled if setup.compiled is not None else setup.backbone
+        return TrainModule(backbone, setup.classifiers, lambda: autocast(setup), setup.embedding_losses,
+                           setup.classifier_weight)

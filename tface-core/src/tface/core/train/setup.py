@@ -20,12 +20,13 @@ from tface.core import recipe as recipe_mod
 from tface.core.backbone import BackboneInfo, backbone_info
 from tface.core.classifier import ShardedClassifier
 from tface.core.data.branches import BranchLoader, BranchSpec
+from tface.core.method import MethodContext, TrainingMethod
 from tface.core.train.batchaugment import DeviceAugment
 from tface.core.train.components import Components, Compose
 from tface.core.train.ema import EMA
 from tface.core.train.errors import TrainingError
 from tface.core.train.finetune import load_start_weights
-from tface.core.train.marginsoftmax import build_classifiers
+from tface.core.train.marginsoftmax import MarginSoftmax
 from tface.core.train.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -94,6 +95,10 @@ class TrainingSetup:
     sync_context: Callable[[bool], contextlib.AbstractContextManager] = lambda last: contextlib.nullcontext()
     #: the ``[train]`` table: precision, accumulation, clipping and the NaN policy the engine follows
     cfg: recipe_mod.TrainConfig = attrs.field(factory=recipe_mod.TrainConfig)
+    #: the run's training method (``[method]``): it builds the step's forward module
+    method: TrainingMethod = attrs.field(factory=MarginSoftmax)
+    #: what the method trains or uses beside the backbone and the classifiers (saved in checkpoints)
+    method_modules: nn.ModuleDict = attrs.field(factory=nn.ModuleDict)
     #: the ``[[augment]]`` ops that run on each uint8 batch on the device (``on = "device"``), or None
     device_augment: DeviceAugment | None = None
     #: the backbone's training forward: ``torch.compile(backbone)`` under ``train.compile``, else None (the
@@ -213,9 +218,11 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     info = backbone_info(backbone, recipe.backbone.name)
     _check_image_size(specs, info, recipe.backbone.name)
     emb = info.embedding_size
-    classifiers = build_classifiers(recipe, parts, specs, emb, world).to(device)
+    built = parts.method.build(MethodContext(recipe, parts, specs, emb, device, world, echo))
+    classifiers = built.classifiers.to(device)
+    method_modules = built.modules.to(device)
     load_start_weights(recipe, backbone, classifiers, echo)  # fine-tuning: before the optimiser exists
-    optimisation = optimisation_parts(cfg, backbone, classifiers, device)
+    optimisation = optimisation_parts(cfg, backbone, nn.ModuleList([classifiers, method_modules]), device)
     for c in classifiers.values():
         if isinstance(c, ShardedClassifier):
             c.attach(optimisation["optimizer"])  # sampled: the optimiser state of the centres lives in the shard
@@ -237,6 +244,7 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
                          embedding_losses=embedding_losses, classifier_weight=classifier_weight,
                          world_size=world_size, local_rank=world.local_rank if world is not None else 0, cfg=cfg,
                          extra_state={k: optimisation[k] for k in ("scaler", "ema") if optimisation[k] is not None},
+                         method=parts.method, method_modules=method_modules,
                          device_augment=(DeviceAugment(parts.device_augmenters, recipe.seed)
                                          if parts.device_augmenters else None),
                          **optimisation)

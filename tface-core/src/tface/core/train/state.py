@@ -125,6 +125,8 @@ def collect(setup: TrainingSetup, recipe: recipe_mod.Recipe, step: int, epoch: i
         "backbone": setup.backbone.state_dict(),
         # whole centres (gathered from the shards), so a run resumes under any number of processes
         "classifiers": {name: c.whole_state_dict() for name, c in setup.classifiers.items()},
+        # the method's other modules (a teacher, an uncertainty head, ...), by name
+        "method": {name: m.state_dict() for name, m in setup.method_modules.items()},
         "optimizer": _optimizer_state(setup),
         "centres_optimizer": {name: c.whole_optimizer_state(setup.optimizer)
                               for name, c in setup.classifiers.items() if isinstance(c, ShardedClassifier)},
@@ -188,6 +190,16 @@ def restore(setup: TrainingSetup, state: Mapping[str, Any]) -> None:
             c.load_whole_state_dict(state["classifiers"][name])
         except (RuntimeError, ValueError) as exc:
             raise TrainingError(f"the checkpoint's classifier of branch {name!r} does not fit this run: "
+                                f"{str(exc).strip().splitlines()[0]}") from exc
+    saved_modules = state.get("method", {})
+    if set(saved_modules) != set(setup.method_modules):
+        raise TrainingError(f"the checkpoint's method modules ({', '.join(sorted(saved_modules)) or 'none'}) are not "
+                            f"this run's ({', '.join(sorted(setup.method_modules)) or 'none'})")
+    for name, module in setup.method_modules.items():
+        try:
+            module.load_state_dict(saved_modules[name])
+        except (RuntimeError, ValueError) as exc:
+            raise TrainingError(f"the checkpoint's method module {name!r} does not fit this run: "
                                 f"{str(exc).strip().splitlines()[0]}") from exc
     setup.optimizer.load_state_dict(state["optimizer"])
     for name, c in setup.classifiers.items():
