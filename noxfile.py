@@ -15,11 +15,12 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 CORE = "tface-core"
-PLUGINS = ["tface-backbones", "tface-heads", "tface-augment", "tface-eval"]
+PLUGINS = ["tface-backbones", "tface-heads", "tface-augment", "tface-eval", "tface-methods", "tface-quality"]
 # hatchling and setuptools: tests build small plugin packages with --no-build-isolation;
 # scipy and scikit-learn: independent references (VAL@FAR interpolation, KFold, roc_curve) in tests only;
-# matplotlib: the optional plots of evaluation reports.
-TEST_DEPS = ["pytest>=7.4", "hatchling>=1.18", "setuptools>=68", "scipy>=1.10", "scikit-learn>=1.3", "matplotlib>=3.7"]
+# matplotlib: the optional plots of evaluation reports; mpmath: the reference Bessel functions of the SCF tests.
+TEST_DEPS = ["pytest>=7.4", "hatchling>=1.18", "setuptools>=68", "scipy>=1.10", "scikit-learn>=1.3", "matplotlib>=3.7",
+             "mpmath>=1.3"]
 
 
 def _editable(*dists: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""Research methods for tface (entry-point group ``tface.methods``)."""
