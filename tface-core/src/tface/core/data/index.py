@@ -15,6 +15,10 @@ Pack index (what TFace's ``img2tfrecord`` writes as ``<name>/<name>.index``), on
 
 It becomes a training index by joining it with a ``path label`` list (:func:`join_labels`, TFace's
 ``convert_new_index``).
+
+Pair index (TFace's ``PairIndexTFRDataset``, DDL's positive pairs), one line per pair: two training-index
+quadruples, ``name1 shard1 offset1 label1 name2 shard2 offset2 label2``, read by :func:`read_pair_index`
+with the same per-quadruple rules as :func:`read_index`.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ __all__ = [
     "IndexFormatError",
     "check_record_name",
     "Index",
+    "PairIndex",
     "LabelSpace",
     "PackEntry",
     "JoinResult",
     "read_index",
+    "read_pair_index",
     "write_index",
     "index_rows",
     "read_pack_index",
@@ -160,63 +166,187 @@ def _open_text(path: Path, what: str):
         raise IndexFormatError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
 
 
-def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
-    """Parse a training index; shard paths are relative to ``root`` (default: the index's folder)."""
-    path = Path(path)
-    root = Path(root) if root is not None else path.parent
-    files: dict[tuple[str, int], int] = {}
-    names: set[str] = set()
-    file_id, offsets, labels, lines = [], [], [], []
-    with _open_text(path, "index") as handle:
+def _index_lines(path: Path, what: str) -> Iterator[tuple[int, str, list[str]]]:
+    """``(line number, line, tab-separated columns)`` of every non-blank line: the one line loop of both index kinds."""
+    with _open_text(path, what) as handle:
         for lineno, line in enumerate(handle, 1):
             line = line.rstrip("\n\r")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != 4:
-                hint = ""
-                if len(cols) == 3:
-                    hint = " (a 3-column pack index has no labels: join it with a label list, `tface data reindex`)"
-                raise IndexFormatError(
-                    f"{path}:{lineno}: expected 4 tab-separated columns "
-                    f"(record_name, shard, offset, label), got {len(cols)}{hint}: {line[:120]!r}"
-                )
-            name, shard, offset, label = cols
-            values = []
-            for col, text in (("shard", shard), ("offset", offset), ("label", label)):
+            if line.strip():
+                yield lineno, line, line.split("\t")
+
+
+class _ShardTable:
+    """The shard files an index names, numbered as they are first met; parses ``(record_name, shard, offset,
+    label)`` quadruples into ``(file id, offset, label)``.
+
+    The one quadruple parser, so a plain index and each half of a pair index are checked by the same rules
+    with the same messages, and the halves of a pair index share one files table (and one descriptor per shard).
+    """
+
+    def __init__(self, path: Path, root: Path):
+        self.path = path
+        self.root = root
+        self.ids: dict[tuple[str, int], int] = {}
+        self._names: set[str] = set()
+
+    def parse(self, cols: list[str], lineno: int, line: str, half: str | None = None,
+              first_column: int = 1) -> tuple[int, int, int]:
+        """``cols`` = one quadruple; ``half`` ("first"/"second") and ``first_column`` locate it in a pair line.
+
+        Messages are built only on the error paths: this runs once per line of indexes of millions of lines.
+        """
+        name, shard, offset, label = cols
+        try:
+            shard_i, offset_i, label_i = int(shard), int(offset), int(label)
+        except ValueError:
+            for k, (col, text) in enumerate((("shard", shard), ("offset", offset), ("label", label)), 1):
                 try:
-                    values.append(int(text))
+                    int(text)
                 except ValueError:
-                    raise IndexFormatError(
-                        f"{path}:{lineno}: {col} must be an integer, got {text!r}: {line[:120]!r}"
-                    ) from None
-            shard_i, offset_i, label_i = values
-            if shard_i < 0 or offset_i < 0 or label_i < 0:
-                raise IndexFormatError(f"{path}:{lineno}: negative shard, offset or label: {line[:120]!r}")
-            key = (name, shard_i)
-            if key not in files:
-                if name not in names:
-                    try:
-                        check_record_name(name)
-                    except ValueError as exc:
-                        raise IndexFormatError(f"{path}:{lineno}: {exc}") from None
-                    names.add(name)
-                files[key] = len(files)
-            file_id.append(files[key])
-            offsets.append(offset_i)
-            labels.append(label_i)
-            lines.append(lineno)
-    if not labels:
-        raise IndexFormatError(f"{path}: the index has no samples")
+                    raise IndexFormatError(f"{self._at(lineno, half)}{self._column(k, col, half, first_column)} "
+                                           f"must be an integer, got {text!r}: {line[:120]!r}") from None
+            raise
+        if shard_i < 0 or offset_i < 0 or label_i < 0:
+            where = "" if half is None else f" (columns {first_column}-{first_column + 3})"
+            raise IndexFormatError(f"{self._at(lineno, half)}negative shard, offset or label{where}: {line[:120]!r}")
+        key = (name, shard_i)
+        fid = self.ids.get(key)
+        if fid is None:
+            if name not in self._names:
+                try:
+                    check_record_name(name)
+                except ValueError as exc:
+                    named = "" if half is None else f"{self._column(0, 'record name', half, first_column)}: "
+                    raise IndexFormatError(f"{self._at(lineno, half)}{named}{exc}") from None
+                self._names.add(name)
+            fid = self.ids[key] = len(self.ids)
+        return fid, offset_i, label_i
+
+    def _at(self, lineno: int, half: str | None) -> str:
+        return f"{self.path}:{lineno}: " + (f"{half} image: " if half else "")
+
+    @staticmethod
+    def _column(k: int, name: str, half: str | None, first_column: int) -> str:
+        """A column's name in messages: bare in a training index (as ever), with its number in a pair index."""
+        return name if half is None else f"{name} (column {first_column + k})"
+
+    def files(self) -> tuple[Path, ...]:
+        return tuple(shard_path(self.root, n, s) for (n, s) in self.ids)
+
+
+def _column_count_error(path: Path, lineno: int, line: str, got: int, pairs: bool) -> IndexFormatError:
+    """Wrong column count, saying which format was expected and, for the other known formats, what the file is."""
+    hint = ""
+    if got == 3:
+        hint = " (a 3-column pack index has no labels: join it with a label list, `tface data reindex`)"
+    elif got == 8 and not pairs:
+        hint = (" (8 columns is a pair index, two images per line: read it with read_pair_index, "
+                "the `tfrecord_pairs` source)")
+    elif got == 4 and pairs:
+        hint = " (4 columns is a training index, one image per line: read it with read_index, the `tfrecord` source)"
+    expected = ("8 tab-separated columns in a pair index (record_name, shard, offset, label of the first image, "
+                "then of the second)" if pairs else "4 tab-separated columns (record_name, shard, offset, label)")
+    return IndexFormatError(f"{path}:{lineno}: expected {expected}, got {got}{hint}: {line[:120]!r}")
+
+
+def _make_index(path: Path, table: _ShardTable, files: tuple[Path, ...], file_id: list[int], offsets: list[int],
+                labels: list[int], lines: list[int]) -> Index:
     return Index(
         path=path,
-        files=tuple(shard_path(root, n, s) for (n, s) in files),
+        files=files,
         file_id=np.asarray(file_id, dtype=np.int32),
         offsets=np.asarray(offsets, dtype=np.int64),
         labels=np.asarray(labels, dtype=np.int64),
-        keys=tuple(files),
+        keys=tuple(table.ids),
         lines=np.asarray(lines, dtype=np.int64),
     )
+
+
+def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Index:
+    """Parse a training index; shard paths are relative to ``root`` (default: the index's folder)."""
+    path = Path(path)
+    table = _ShardTable(path, Path(root) if root is not None else path.parent)
+    file_id, offsets, labels, lines = [], [], [], []
+    for lineno, line, cols in _index_lines(path, "index"):
+        if len(cols) != 4:
+            raise _column_count_error(path, lineno, line, len(cols), pairs=False)
+        fid, offset, label = table.parse(cols, lineno, line)
+        file_id.append(fid)
+        offsets.append(offset)
+        labels.append(label)
+        lines.append(lineno)
+    if not labels:
+        raise IndexFormatError(f"{path}: the index has no samples")
+    return _make_index(path, table, table.files(), file_id, offsets, labels, lines)
+
+
+@attrs.frozen
+class PairIndex:
+    """Parsed pair index (TFace's ``PairIndexTFRDataset``, DDL's positive pairs): line ``i`` is pair ``i``.
+
+    ``first`` and ``second`` are the two images of every pair as plain :class:`Index` halves over one files
+    table (``first.files is second.files``) with the same line numbers; the pair's label is the first
+    image's, as in TFace (the second label is parsed and checked, and kept in ``second.labels``).
+    """
+
+    path: Path
+    first: Index
+    second: Index
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.first.files
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.first.labels
+
+    @property
+    def lines(self) -> np.ndarray:
+        return self.first.lines
+
+    @property
+    def num_classes(self) -> int:
+        return self.first.num_classes
+
+    def line_of(self, i: int) -> int:
+        return self.first.line_of(i)
+
+    def images(self) -> Index:
+        """Every image as one plain index, pair ``i`` at rows ``i`` and ``len(self) + i``, each row keeping its
+        pair line: what the single-image reader and the shard check take."""
+        return attrs.evolve(
+            self.first,
+            file_id=np.concatenate([self.first.file_id, self.second.file_id]),
+            offsets=np.concatenate([self.first.offsets, self.second.offsets]),
+            labels=np.concatenate([self.first.labels, self.second.labels]),
+            lines=np.concatenate([self.first.lines, self.second.lines]),
+        )
+
+
+def read_pair_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -> PairIndex:
+    """Parse an 8-column pair index (two training-index quadruples per line), with :func:`read_index`'s rules."""
+    path = Path(path)
+    table = _ShardTable(path, Path(root) if root is not None else path.parent)
+    halves: tuple[tuple[list[int], list[int], list[int]], ...] = (([], [], []), ([], [], []))
+    lines: list[int] = []
+    for lineno, line, cols in _index_lines(path, "pair index"):
+        if len(cols) != 8:
+            raise _column_count_error(path, lineno, line, len(cols), pairs=True)
+        for (file_id, offsets, labels), half, start in zip(halves, ("first", "second"), (0, 4)):
+            fid, offset, label = table.parse(cols[start:start + 4], lineno, line, half, start + 1)
+            file_id.append(fid)
+            offsets.append(offset)
+            labels.append(label)
+        lines.append(lineno)
+    if not lines:
+        raise IndexFormatError(f"{path}: the pair index has no pairs")
+    files = table.files()
+    first, second = (_make_index(path, table, files, *half, lines) for half in halves)
+    return PairIndex(path, first, second)
 
 
 def index_rows(index: Index) -> Iterator[tuple[str, int, int, int]]:

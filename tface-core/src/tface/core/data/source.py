@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 from tface.core.config import option, options
 from tface.core.data.base import LABEL_GAPS, ON_ERROR
 from tface.core.data.dataset import IndexedTFRecordDataset
+from tface.core.data.pairdataset import PairTFRecordDataset
 
-__all__ = ["DatasetSource", "IndexedTFRecordSource", "Transform", "missing_path"]
+__all__ = ["DatasetSource", "IndexedTFRecordSource", "PairTFRecordSource", "Transform", "missing_path"]
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,3 +88,16 @@ class IndexedTFRecordSource(DatasetSource):
     def check_inputs(self) -> list[str]:
         return [*missing_path("index", self.index), *missing_path("root", self.root, "folder"),
                 *(p for i, b in enumerate(self.bins) for p in missing_path(f"bins[{i}]", b))]
+
+
+@options
+class PairTFRecordSource(IndexedTFRecordSource):
+    """TFace-format shards + an 8-column pair index (two ``name, shard, offset, label`` quadruples per line).
+
+    TFace's ``PairIndexTFRDataset`` (DDL's positive pairs): items are ``((image, image), first label)``. The
+    options and checks are the ``tfrecord`` source's; ``label_gaps`` concerns the first labels.
+    """
+
+    def train_dataset(self, transform: Transform | None = None) -> PairTFRecordDataset:
+        return PairTFRecordDataset(self.index, self.root, transform=transform, verify_crc=self.verify_crc,
+                                   on_error=self.on_error, label_gaps=self.label_gaps)
