@@ -19,6 +19,7 @@ from tface.core.config import check_options
 #: Values for the options that have no default (the constructors only store paths; nothing is opened).
 EXAMPLES = {
     ("datasets", "tfrecord"): {"index": "train.txt"},
+    ("datasets", "tfrecord_pairs"): {"index": "pairs.txt"},
     ("datasets", "image_folder"): {"root": "faces"},
     ("datasets", "image_list"): {"list": "faces.txt"},
     ("protocols", "ijb"): {"root": "ijb"},

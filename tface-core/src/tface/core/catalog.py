@@ -26,7 +26,7 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "tface-heads": {
         "heads": ("arcface", "cosface", "curricularface", "CurricularFace", "normface", "NormFace", "sphereface",
                   "cifp", "Cifp", "CIFP", "adaface", "magface", "subcenter_arcface"),
-        "losses": ("softmax", "focal", "triplet", "ddl"),
+        "losses": ("softmax", "focal", "triplet"),
     },
     "tface-augment": {"augmenters": (
         "hflip", "flip", "rotate", "shift", "random_resized_crop", "color_jitter", "grayscale", "autocontrast",
@@ -34,6 +34,7 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "random_erasing", "mask", "glasses", "headscarf",
     ), "plugins": ("augment-commands",)},
     "tface-eval": {"protocols": ("verification", "ijb", "rfw")},
+    "tface-methods": {"losses": ("ddl",)},
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tface.core.config import ConfigError, check_options, structure, validate_options
-from tface.heads.ddl import DDL, hardest_negatives, kl_divergence, pair_similarities, soft_histogram
+from tface.methods.ddl_loss import DDL, hardest_negatives, kl_divergence, pair_similarities, soft_histogram
 
 
 def np_histogram(values: np.ndarray, bins: int = 1000, sigma: float = 0.1) -> np.ndarray:
