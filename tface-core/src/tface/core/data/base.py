@@ -68,11 +68,16 @@ def resolve_labels(labels: np.ndarray, policy: str, where: str) -> tuple[np.ndar
 def collate_faces(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ``(image, label)`` items into ``(images [B, 3, H, W] in channels-last memory, labels [B])``.
 
+    Pair items ``((first, second), label)`` (a pair source) give ``images [2B, 3, H, W]``, each pair's two
+    images next to each other (``images[0::2]`` the firsts, ``images[1::2]`` the seconds), and ``labels [B]``.
+
     JPEG decoders hand back channels-last (HWC-strided) views; copying them in that order is a plain
     memcpy (about 4× faster than gathering them into CHW), and channels-last is what the trainer feeds
     the network anyway. Items that are not 3-D tensors fall back to torch's default collate.
     """
     images = [img for img, _ in items]
+    if items and isinstance(images[0], tuple):  # pairs ((first, second), label): first0, second0, first1, ...
+        images = [im for pair in images for im in pair]
     if not all(isinstance(im, torch.Tensor) and im.dim() == 3 for im in images):
         from torch.utils.data import default_collate
 

@@ -35,7 +35,12 @@ from tface.core.data.samplers import (
     seed_worker,
 )
 
-__all__ = ["BranchSpec", "MultiBatch", "BranchLoader", "SeededBatch"]
+__all__ = ["BranchSpec", "MultiBatch", "BranchLoader", "SeededBatch", "is_pair_dataset"]
+
+
+def is_pair_dataset(dataset: Dataset) -> bool:
+    """Whether ``dataset`` yields ``((first, second), label)`` pairs (declares ``yields_pairs = True``)."""
+    return bool(getattr(dataset, "yields_pairs", False))
 
 
 @attrs.define
@@ -55,7 +60,13 @@ class MultiBatch:
     images: torch.Tensor  # uint8 [sum(sizes), 3, H, W]
     labels: tuple[torch.Tensor, ...]
     names: tuple[str, ...]
+    #: images per branch (a pair branch: twice its labels, each pair's images side by side)
     sizes: tuple[int, ...]
+    #: per branch, whether it holds image pairs (a pair source, e.g. ``tfrecord_pairs``); empty: none does
+    pairs: tuple[bool, ...] = ()
+
+    def is_pairs(self, i: int) -> bool:
+        return bool(self.pairs) and self.pairs[i]
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-branch chunks of a tensor whose first dimension follows ``images``."""
@@ -63,7 +74,8 @@ class MultiBatch:
 
     def to(self, device: torch.device, non_blocking: bool = True) -> MultiBatch:
         return MultiBatch(self.images.to(device, non_blocking=non_blocking),
-                          tuple(y.to(device, non_blocking=non_blocking) for y in self.labels), self.names, self.sizes)
+                          tuple(y.to(device, non_blocking=non_blocking) for y in self.labels), self.names, self.sizes,
+                          self.pairs)
 
 
 @attrs.frozen
@@ -198,6 +210,12 @@ class BranchLoader:
         self._start = 0  # where the next pass starts (a resumed run)
 
     @property
+    def pairs(self) -> tuple[bool, ...]:
+        """Per branch, whether its data set yields image pairs (empty when none does)."""
+        flags = tuple(is_pair_dataset(b.spec.dataset) for b in self.branches)
+        return flags if any(flags) else ()
+
+    @property
     def specs(self) -> list[BranchSpec]:
         return [b.spec for b in self.branches]
 
@@ -212,7 +230,7 @@ class BranchLoader:
             self.position += 1
             images = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
             yield MultiBatch(images, tuple(p[1] for p in parts), tuple(b.spec.name for b in self.branches),
-                             tuple(len(p[1]) for p in parts))
+                             tuple(len(p[0]) for p in parts), self.pairs)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the trainer is: batches taken in this pass, and per branch its epoch and batches of it."""

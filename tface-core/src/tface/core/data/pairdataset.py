@@ -31,6 +31,9 @@ class PairTFRecordDataset(FaceDataset):
     ``on_error = "skip"`` replaces the whole pair by the next good one.
     """
 
+    #: items are image pairs: the loader stacks a batch of B pairs as 2B images (``MultiBatch.pairs``)
+    yields_pairs = True
+
     def __init__(self, index: str | os.PathLike | PairIndex, root: str | os.PathLike | None = None, *,
                  transform: Transform | None = None, verify_crc: bool = True, image_key: str = "image",
                  on_error: str = "error", label_gaps: str = "warn"):

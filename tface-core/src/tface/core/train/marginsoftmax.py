@@ -17,7 +17,7 @@ from torch import nn
 from tface.core import recipe as recipe_mod
 from tface.core.classifier import Classifier, ReduceContext, ShardedClassifier
 from tface.core.classifier.ops import GroupContext
-from tface.core.data.branches import BranchSpec, MultiBatch
+from tface.core.data.branches import BranchSpec, MultiBatch, is_pair_dataset
 from tface.core.method import MethodContext, MethodParts, TrainingMethod
 from tface.core.train.components import Components
 from tface.core.train.errors import TrainingError
@@ -30,8 +30,10 @@ __all__ = ["BranchOut", "MarginSoftmax", "TrainModule", "build_classifiers"]
 
 
 def build_classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[BranchSpec], emb: int,
-                 world: World | None) -> nn.ModuleDict:
+                      world: World | None, skip_pairs: bool = False) -> nn.ModuleDict:
     """One classifier per branch: class spaces of different data sets never mix (TFace: one head each).
+
+    A branch of image pairs is refused, or left without a classifier when ``skip_pairs`` (a pair method).
 
     ``[classifier] mode`` decides the layout: ``local`` (every process holds every centre), ``sharded`` or
     ``sampled`` (each process holds a class range, :class:`~tface.core.classifier.ShardedClassifier`). None
@@ -49,6 +51,12 @@ def build_classifiers(recipe: recipe_mod.Recipe, parts: Components, specs: list[
     distributed = world is not None and world.distributed
     out = nn.ModuleDict()
     for i, (s, head, loss) in enumerate(zip(specs, heads, losses)):
+        if is_pair_dataset(s.dataset):
+            if skip_pairs:
+                continue
+            raise TrainingError(f"{parts.data_keys[i]} ({recipe.data[i].source.name}) yields image pairs, which "
+                                "margin_softmax does not train on; a method that uses pairs (e.g. [method] "
+                                'name = "ddl") takes them')
         n = int(s.dataset.num_classes)
         if n < 2:
             raise TrainingError(
