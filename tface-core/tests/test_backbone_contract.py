@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,14 @@ from torch import nn
 
 from conftest import TOY_RECIPE
 from tface.core import recipe
-from tface.core.backbone import DEFAULT_MEAN, Backbone, BackboneContractError, BackboneInfo, backbone_info
+from tface.core.backbone import (
+    DEFAULT_MEAN,
+    Backbone,
+    BackboneContractError,
+    BackboneInfo,
+    backbone_info,
+    forward_features,
+)
 from tface.core.cli import cli
 from tface.core.data.image import normalize
 from tface.core.train.trainer import Trainer, embedding_size_of
@@ -66,6 +75,86 @@ def test_broken_declarations_name_the_attribute(extra, needle) -> None:
         setattr(model, k, v)
     with pytest.raises(BackboneContractError, match=needle):
         backbone_info(model, "mine")
+
+
+class WithMap(Declared):
+    """Offers the optional feature map: ``[N, 4, h, w]`` beside the embedding, from one pass."""
+
+    def __init__(self, feature_channels=4, **extra):
+        super().__init__(**extra)
+        self.feature_channels = feature_channels
+        self.conv = nn.Conv2d(3, 4, 3, 2, 1)
+        self.fc = nn.Linear(4, self.embedding_size)
+
+    def forward(self, x):
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x):
+        fmap = self.conv(x)
+        return self.fc(fmap.mean(dim=(2, 3))), fmap
+
+
+def test_the_optional_feature_map() -> None:
+    assert backbone_info(Declared()).feature_channels is None  # optional: absent is no error
+    assert backbone_info(WithMap()) == BackboneInfo(6, 32, feature_channels=4)
+    model, x = WithMap().eval(), torch.randn(2, 3, 8, 8)
+    emb, fmap = forward_features(model, x)
+    assert fmap.shape == (2, 4, 4, 4) and torch.equal(emb, model(x))
+    emb, fmap = forward_features(nn.DataParallel(model), x)  # wrappers looked through, like backbone_info
+    assert fmap.shape == (2, 4, 4, 4) and torch.equal(emb, model(x))
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        (Declared(), r"^backbone 'mine' \(test_backbone_contract\.Declared\) offers no feature map: it has neither "
+                     r"feature_channels nor a forward_features\(x\) method; a backbone that offers one sets "
+                     r"self\.feature_channels"),
+        (WithMap(feature_channels=None), r"^backbone 'mine' \(test_backbone_contract\.WithMap\) offers no feature "
+                                         r"map: it has no feature_channels \(a forward_features method alone"),
+    ],
+    ids=["neither", "method-only"],
+)
+def test_forward_features_names_the_backbone_without_a_map(model, needle) -> None:
+    with pytest.raises(BackboneContractError, match=needle):
+        forward_features(model, torch.zeros(1, 3, 8, 8), "mine")
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        (WithMap(feature_channels=0), r"feature_channels must be a positive int \(the channels of the map "
+                                      r"forward_features returns\), got 0"),
+        (WithMap(feature_channels=True), r"feature_channels must be a positive int .*got True"),
+        (WithMap(feature_channels="4"), r"feature_channels must be a positive int .*got '4'"),
+        (Declared(feature_channels=4), r"backbone 'mine' \(test_backbone_contract\.Declared\) declares "
+                                       r"feature_channels but has no forward_features\(x\) method"),
+    ],
+    ids=["zero", "bool", "string", "no-method"],
+)
+def test_broken_feature_map_declarations(model, needle) -> None:
+    with pytest.raises(BackboneContractError, match=needle):
+        backbone_info(model, "mine")
+    with pytest.raises(BackboneContractError, match=needle):
+        forward_features(model, torch.zeros(1, 3, 8, 8), "mine")
+
+
+def test_forward_features_checks_what_it_returns() -> None:
+    model = WithMap()
+    model.feature_channels = 5  # declares 5, returns 4
+    with pytest.raises(BackboneContractError, match=r"'mine' .*forward_features must return \(embedding \[N, D\], "
+                                                    r"feature_map \[N, 5, h, w\]\), got a feature map of shape "
+                                                    r"\[1, 4, 4, 4\]"):
+        forward_features(model, torch.zeros(1, 3, 8, 8), "mine")
+    model.feature_channels = 4
+    model.forward_features = lambda x: x
+    with pytest.raises(BackboneContractError, match=r"got a Tensor, not a pair"):
+        forward_features(model, torch.zeros(1, 3, 8, 8), "mine")
+
+
+def test_the_contract_module_imports_no_torch() -> None:
+    code = "import sys, tface.core.backbone; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_normalize_default_is_the_historical_formula_and_custom_values_apply() -> None:

@@ -151,6 +151,7 @@ class EfficientNet(Backbone, nn.Module):
         super().__init__()
         self.embedding_size = embedding_size
         self.input_size = input_size
+        self.feature_channels = FINAL_CHANNELS
         self.features = nn.Sequential()
         self.features.add_module("init_block", InitBlock(INIT_CHANNELS))
         in_c = INIT_CHANNELS
@@ -169,7 +170,12 @@ class EfficientNet(Backbone, nn.Module):
         _init_weights(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.features(x))
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, final_block output [N, 512, S/16, S/16])``: the map the GDC head pools, one pass."""
+        features = self.features(x)
+        return self.output(features), features
 
 
 def _build(version: str, embedding_size: int, input_size: int, dropout: float) -> EfficientNet:

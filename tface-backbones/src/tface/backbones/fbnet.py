@@ -158,6 +158,7 @@ class FBNet(Backbone, nn.Module):
             blocks[f"xif{i}_0"] = make_block(op, in_c, out_c, stride)
             in_c = out_c
         self.stages = nn.Sequential(blocks)
+        self.feature_channels = in_c
         self.last_stages = nn.Sequential(
             nn.BatchNorm2d(in_c),
             nn.Dropout(dropout),
@@ -168,7 +169,12 @@ class FBNet(Backbone, nn.Module):
         initialize_weights(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_stages(self.stages(self.first(x)))
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, stages output [N, 352, 7, 7])`` at either input size, from the one pass."""
+        features = self.stages(self.first(x))
+        return self.last_stages(features), features
 
 
 def build_fbnet(arch: str, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.4) -> FBNet:

@@ -183,13 +183,18 @@ class GhostNet(Backbone, nn.Module):
         final_c = make_divisible(STAGES[-1][-1][1] * WIDTH, 4)  # 664: the last row's expansion width
         stages.append(nn.Sequential(ConvBnAct(in_c, final_c, 1)))
         self.blocks = nn.Sequential(*stages)
+        self.feature_channels = final_c
         # Four stride-2 stages: the final map is input_size / 16 on a side.
         self.output_layer = GDC(embedding_size, final_c, spatial=input_size // 16, dropout=dropout)
         initialize_weights(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv_stem(x)))
-        return self.output_layer(self.blocks(x))
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, blocks output [N, 664, S/16, S/16])``: the map the GDC head pools, one pass."""
+        features = self.blocks(self.act1(self.bn1(self.conv_stem(x))))
+        return self.output_layer(features), features
 
 
 @options

@@ -86,6 +86,7 @@ class IResNet(Backbone, nn.Module):
         super().__init__()
         self.embedding_size = embedding_size
         self.input_size = input_size
+        self.feature_channels = CHANNELS[-1]
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, eps=BN_EPS)
         self.prelu = nn.PReLU(64)
@@ -113,10 +114,14 @@ class IResNet(Backbone, nn.Module):
         self.features.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, layer4 output [N, 512, S/16, S/16])`` from the one pass (before ``bn2``, as IR's)."""
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.dropout(torch.flatten(self.bn2(x), 1))
-        return self.features(self.fc(x))
+        features = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.dropout(torch.flatten(self.bn2(features), 1))
+        return self.features(self.fc(x)), features
 
 
 def build_iresnet(depth: int, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> IResNet:

@@ -94,7 +94,11 @@ def _shortcut(in_c: int, depth: int, stride: int) -> nn.Module:
 
 
 class IR(Backbone, nn.Module):
-    """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised)."""
+    """``[N,3,S,S]`` in [-1, 1] (S = 112 or 224) → ``[N,E]`` embedding (not L2-normalised).
+
+    ``forward_features`` also returns the body's output, ``[N, C, S/16, S/16]`` (C = 512, or 2048 with
+    bottleneck units): the map TFace's SCF uncertainty net reads.
+    """
 
     def __init__(
         self,
@@ -109,6 +113,7 @@ class IR(Backbone, nn.Module):
         super().__init__()
         self.embedding_size = embedding_size
         self.input_size = input_size
+        self.feature_channels = channels[-1]
         unit_cls = BottleneckUnit if bottleneck else BasicUnit
         final = input_size // 16  # four stride-2 stages
         # Attribute order fixes the state_dict order TFace writes: input_layer, output_layer, body.
@@ -132,7 +137,12 @@ class IR(Backbone, nn.Module):
         initialize_weights(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_layer(self.body(self.input_layer(x)))
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, body output [N, C, S/16, S/16])``: TFace's conv map for SCF, from the one pass."""
+        features = self.body(self.input_layer(x))
+        return self.output_layer(features), features
 
 
 def build_ir(

@@ -69,6 +69,7 @@ class MobileFaceNet(Backbone, nn.Module):
         super().__init__()
         self.embedding_size = embedding_size
         self.input_size = input_size
+        self.feature_channels = 512
         self.conv1 = ConvBlock(3, 64, kernel=3, stride=2, padding=1)
         self.conv2_dw = ConvBlock(64, 64, kernel=3, stride=1, padding=1, groups=64)
         self.conv_23 = DepthWise(64, 64, groups=128)
@@ -77,17 +78,22 @@ class MobileFaceNet(Backbone, nn.Module):
         self.conv_4 = Residual(128, num_blocks=6, groups=256)
         self.conv_45 = DepthWise(128, 128, groups=512)
         self.conv_5 = Residual(128, num_blocks=2, groups=256)
-        self.conv_6_sep = ConvBlock(128, 512, kernel=1)
+        self.conv_6_sep = ConvBlock(128, self.feature_channels, kernel=1)
         # Four stride-2 stages: the final map is input_size / 16 on a side (4 at 64, 7 at 112, 14 at 224).
         self.output_layer = GDC(embedding_size, spatial=input_size // 16, dropout=dropout)
         initialize_weights(self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, conv_6_sep output [N, 512, S/16, S/16])``: the map the GDC head pools, one pass."""
         x = self.conv2_dw(self.conv1(x))
         x = self.conv_3(self.conv_23(x))
         x = self.conv_4(self.conv_34(x))
         x = self.conv_5(self.conv_45(x))
-        return self.output_layer(self.conv_6_sep(x))
+        features = self.conv_6_sep(x)
+        return self.output_layer(features), features
 
 
 @options

@@ -77,6 +77,7 @@ class ResNet(Backbone, nn.Module):
         super().__init__()
         self.embedding_size = embedding_size
         self.input_size = input_size
+        self.feature_channels = 512 * Bottleneck.expansion
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -101,10 +102,14 @@ class ResNet(Backbone, nn.Module):
                     nn.init.zeros_(m.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, layer4 output [N, 2048, f, f])``, f = 4 at 112 and 7 at 224, from the one pass."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.dropout(self.bn_o1(x)), 1)
-        return self.bn_o2(self.fc(x))
+        features = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.dropout(self.bn_o1(features)), 1)
+        return self.bn_o2(self.fc(x)), features
 
 
 def build_resnet(depth: int, embedding_size: int = 512, input_size: int = 112, dropout: float = 0.5) -> ResNet:
