@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
-from torchvision.io import encode_jpeg
+from handmade import write_records
 
 from tface.core import recipe
-from tface.core.data.writer import ShardWriter
 from tface.core.train import checkpoint
 from tface.core.train.components import build_components
 from tface.core.train.engine import StepEngine
@@ -24,25 +23,12 @@ IDENTITIES = 6
 PER_ID = 6
 
 
-def face(identity: int, k: int, hard: bool) -> bytes:
-    """An identity's colour pattern plus noise; hard images are darker and noisier."""
-    g = torch.Generator().manual_seed(1000 * identity + 10 * k + hard)
-    base = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(identity)) * 200 + 20
-    img = torch.nn.functional.interpolate(base[None], size=SIDE, mode="bilinear")[0]
-    img = img * (0.5 if hard else 1.0) + torch.randn(3, SIDE, SIDE, generator=g) * (40 if hard else 10)
-    return encode_jpeg(img.clamp(0, 255).to(torch.uint8), quality=95).numpy().tobytes()
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """easy.txt, hard.txt (single images) and easy_pairs.txt, hard_pairs.txt (two images of one identity)."""
     root = tmp_path_factory.mktemp("ddl")
     for part in ("easy", "hard"):
-        rows = {}
-        with ShardWriter(root, part) as w:
-            for i in range(IDENTITIES):
-                for k in range(PER_ID):
-                    rows[i, k] = w.add(face(i, k, part == "hard"), i)
+        rows = write_records(root, part, IDENTITIES, PER_ID, SIDE, hard=part == "hard")
         lines = ["\t".join(map(str, (*rows[i, k], *rows[i, (k + 1) % PER_ID]))) for i in range(IDENTITIES)
                  for k in range(PER_ID)]
         (root / f"{part}_pairs.txt").write_text("\n".join(lines) + "\n")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "recipes" / "methods"
 
 
 def test_every_method_recipe_is_tested():
-    assert sorted(p.name for p in ROOT.glob("*.toml")) == ["ddl.toml"]
+    assert sorted(p.name for p in ROOT.glob("*.toml")) == ["ddl.toml", "scf.toml"]
 
 
 def test_ddl_recipe_dry_run(tmp_path):
@@ -40,6 +40,23 @@ def test_ddl_recipe_dry_run(tmp_path):
     assert data["method"]["name"] == "ddl" and data["method"]["pos_kl_weight"] == 0.1
     assert (data["backbone"]["name"], data["head"]["name"], data["train"]["lr"]) == ("ir_50", "curricularface", 0.001)
     assert "method    ddl: DDLMethod(weight=1.0" in comps
+
+
+def test_scf_recipe_dry_run(tmp_path):
+    index, backbone, head = tmp_path / "i.txt", tmp_path / "b.pt", tmp_path / "h.pth"
+    for f in (index, backbone, head):
+        f.write_bytes(b"")
+    (tmp_path / "tfr").mkdir()
+    args = ["run", str(ROOT / "scf.toml"), "--dry-run", "--set", f'data.index="{index}"', "--set",
+            f'data.root="{tmp_path / "tfr"}"', "--set", f'backbone.checkpoint="{backbone}"', "--set",
+            f'classifier.checkpoint="{head}"']
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    text, _, comps = res.output.partition("# components")
+    data = tomllib.loads(text)
+    assert data["method"] == {"name": "scf", "radius": 64.0, "kappa_min": 1.0, "kappa_max": 100000.0}
+    assert (data["backbone"]["name"], data["train"]["lr"], data["train"]["batch_size"]) == ("ir_101", 3e-5, 128)
+    assert "method    scf: SCF(radius=64.0" in comps
 
 
 def test_placeholders_are_reported_as_missing_inputs():

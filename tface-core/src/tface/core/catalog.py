@@ -34,7 +34,7 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "random_erasing", "mask", "glasses", "headscarf",
     ), "plugins": ("augment-commands",)},
     "tface-eval": {"protocols": ("verification", "ijb", "rfw")},
-    "tface-methods": {"losses": ("ddl",), "methods": ("ddl",)},
+    "tface-methods": {"losses": ("ddl",), "methods": ("ddl", "scf")},
 }
 
 

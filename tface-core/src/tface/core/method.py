@@ -22,6 +22,7 @@ from torch import nn
 from tface.core.recipe import DEFAULT_METHOD
 
 if TYPE_CHECKING:
+    from tface.core.backbone import BackboneInfo
     from tface.core.data.branches import BranchSpec
     from tface.core.recipe import Recipe
     from tface.core.train.components import Components
@@ -35,7 +36,7 @@ __all__ = ["DEFAULT_METHOD", "MethodContext", "MethodParts", "TrainingMethod"]
 @attrs.define(eq=False)
 class MethodContext:
     """What a method builds from: the recipe, its built components, the data branches, the backbone's embedding
-    size, the device and the process group (None for one process)."""
+    size, the device, the process group (None for one process) and the backbone with its contract."""
 
     recipe: Recipe
     parts: Components
@@ -44,6 +45,10 @@ class MethodContext:
     device: torch.device
     world: World | None = None
     echo: Callable[[str], None] = lambda message: None
+    #: the run's backbone, on the device (start weights not yet loaded: they load after ``build``)
+    backbone: nn.Module | None = None
+    #: its declared contract (sizes, normalisation, ``feature_channels``)
+    info: BackboneInfo | None = None
 
 
 @attrs.define(eq=False)

@@ -97,16 +97,17 @@ class StepEngine:
         self.consecutive_skips = 0
         sharded = [c for c in setup.classifiers.values() if isinstance(c, ShardedClassifier)]
         replicated = [setup.backbone, *(c for c in setup.classifiers.values() if not isinstance(c, ShardedClassifier)),
-                      *(m for m, _ in setup.embedding_losses)]
+                      *(m for m, _ in setup.embedding_losses), setup.method_modules]
         self._params = [p for m in replicated for p in m.parameters() if p.requires_grad]
         #: centres that differ per process: the gradient norm adds their squares over the processes
         self._shard_params = [p for c in sharded for p in c.parameters() if p.requires_grad]
         self._shard_ctx = sharded[0].ctx if sharded else None
 
     def _buffers(self) -> list[torch.Tensor]:
-        """What a skipped step restores: the backbone's and the heads' buffers (never the centre stores)."""
+        """What a skipped step restores: the backbone's, the heads' and the method modules' buffers (never the centre
+        stores)."""
         heads = [b for c in self.setup.classifiers.values() for b in c.head.buffers()]
-        return [*self.setup.backbone.buffers(), *heads]
+        return [*self.setup.backbone.buffers(), *heads, *self.setup.method_modules.buffers()]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The backbone's autocast context for ``train.precision`` (nothing for fp32)."""

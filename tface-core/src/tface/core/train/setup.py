@@ -218,7 +218,8 @@ def build_training(recipe: recipe_mod.Recipe, parts: Components, device: torch.d
     info = backbone_info(backbone, recipe.backbone.name)
     _check_image_size(specs, info, recipe.backbone.name)
     emb = info.embedding_size
-    built = parts.method.build(MethodContext(recipe, parts, specs, emb, device, world, echo))
+    built = parts.method.build(MethodContext(recipe, parts, specs, emb, device, world, echo, backbone=backbone,
+                                             info=info))
     classifiers = built.classifiers.to(device)
     method_modules = built.modules.to(device)
     load_start_weights(recipe, backbone, classifiers, echo)  # fine-tuning: before the optimiser exists
