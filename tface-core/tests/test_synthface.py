@@ -7,10 +7,12 @@ import io
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from tface.core.cli import cli
+from tface.core.config import ConfigError
 from tface.core.data import synthrender
 from tface.core.data.binfile import read_bin
 from tface.core.data.dataset import IndexedTFRecordDataset
@@ -33,10 +35,11 @@ def test_generate_layout_and_content(tmp_path):
     ds = src.train_dataset()
     folder = src.folder()
     assert folder.parent == tmp_path and folder.name == src.key
-    assert sorted(p.name for p in folder.iterdir()) == ["synthface", "synthface-val.bin", "synthface.json",
-                                                       "synthface.txt", "tface-manifest.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["synthface", "synthface-pairs.txt", "synthface-val.bin",
+                                                       "synthface.json", "synthface.txt", "tface-manifest.txt"]
     listed = [ln for ln in (folder / "tface-manifest.txt").read_text().splitlines() if not ln.startswith("#")]
-    assert listed == ["synthface-val.bin", "synthface.json", "synthface.txt", "synthface/synthface-00000.tfrecord"]
+    assert listed == ["synthface-pairs.txt", "synthface-val.bin", "synthface.json", "synthface.txt",
+                      "synthface/synthface-00000.tfrecord"]
     assert len(ds) == 18 and ds.num_classes == 6
     assert ds.index.labels.tolist() == [i // 3 for i in range(18)]
     img, label = ds[4]
@@ -222,3 +225,45 @@ def test_recipe_api_and_cli_share_the_messages():
                                    "got 1"]
     with pytest.raises(ConfigError, match=r"^identities: must be >= 2 .*got -3$"):
         SynthFaceSource(identities=-3)
+
+
+def test_hard_nuisance_renders_the_same_identities_harder(tmp_path):
+    easy = SynthFaceSource(seed=3, cache_dir=tmp_path, workers=1, **SMALL)
+    hard = SynthFaceSource(seed=3, cache_dir=tmp_path, workers=1, nuisance="hard", **SMALL)
+    assert hard.key == easy.key + "-nhard" and easy.folder() != hard.folder()
+    assert "nuisance" not in easy._manifest() and hard._manifest()["nuisance"] == "hard"  # old caches stay valid
+    assert list(easy.eval_sets()["verification"]) == ["synthface-val"]
+    assert list(hard.eval_sets()["verification"]) == ["synthface-hard-val"]
+    e, h = easy.train_dataset(), hard.train_dataset()
+    assert e.index.labels.tolist() == h.index.labels.tolist()  # the same identities, the same number of photos
+    ident = synthrender.train_identity(3, 1)
+    rng = synthrender.image_rng(3, "train", 1, 0)
+    want = synthrender.render(ident, rng, nuisance=synthrender.HARD_NUISANCE)
+    buf = io.BytesIO()
+    Image.fromarray(want).save(buf, format="JPEG", quality=95)
+    assert h.read_image_bytes(3) == buf.getvalue() != e.read_image_bytes(3)  # identity 1, photo 0
+    # harder: two photos of one identity look less alike (pixel correlation, averaged over the identities)
+    def alike(ds):
+        def z(x):
+            x = x.float().flatten()
+            return (x - x.mean()) / x.std()
+        return sum(float((z(ds[3 * i][0]) * z(ds[3 * i + k][0])).mean()) for i in range(6) for k in (1, 2)) / 12
+    assert alike(h) < alike(e) - 0.05
+    with pytest.raises(ConfigError, match="nuisance: must be one of normal, hard, got 'extreme'"):
+        SynthFaceSource(nuisance="extreme")
+
+
+def test_pairs_are_two_photos_of_one_identity(tmp_path):
+    src = SynthFaceSource(seed=3, cache_dir=tmp_path, workers=1, pairs=True, **SMALL)
+    ds = src.train_dataset()
+    single = SynthFaceSource(seed=3, cache_dir=tmp_path, workers=1, **SMALL).train_dataset()
+    assert src.folder() == SynthFaceSource(seed=3, cache_dir=tmp_path, **SMALL).folder()  # one set, two views
+    assert len(ds) == 18 and ds.num_classes == 6  # every photo with the next of its identity
+    for i in range(18):
+        (a, b), label = ds[i]
+        identity, k = divmod(i, 3)
+        assert label == identity
+        assert torch.equal(a, single[3 * identity + k][0]) and torch.equal(b, single[3 * identity + (k + 1) % 3][0])
+    # a set generated before pair indexes existed gets one derived from its index
+    src.paths().pairs.unlink()
+    assert len(src.train_dataset()) == 18 and src.paths().pairs.is_file()

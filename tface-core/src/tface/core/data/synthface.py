@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import numpy as np
@@ -24,12 +25,13 @@ from tface.core.config import ConfigError, field_problems, option, options
 from tface.core.data import synthrender
 from tface.core.data.binfile import write_bin
 from tface.core.data.dataset import IndexedTFRecordDataset
+from tface.core.data.pairdataset import PairTFRecordDataset
 from tface.core.data.source import DatasetSource, Transform
 from tface.core.data.writer import ShardWriter
 from tface.core.fsutil import atomic_write_bytes, default_cache_root
 from tface.core.outdir import OutputFolder
 
-__all__ = ["SynthFaceSource", "SynthPaths", "default_cache_root"]
+__all__ = ["SynthFaceSource", "SynthPaths", "default_cache_root", "write_pair_index"]
 
 RECORD_NAME = "synthface"
 MANIFEST = "synthface.json"
@@ -60,6 +62,11 @@ class SynthPaths:
     index: Path
     bin: Path
 
+    @property
+    def pairs(self) -> Path:
+        """The pair index of positive training pairs (``pairs = true``), beside the index."""
+        return self.root / f"{RECORD_NAME}-pairs.txt"
+
 
 #: The side the renderer draws at; smaller ``image_size`` values are area-downsampled from it.
 RENDER_SIZE = 112
@@ -80,17 +87,38 @@ def _jpeg(img: np.ndarray, quality: int, size: int = RENDER_SIZE) -> bytes:
     return buf.getvalue()
 
 
-def _render_identity(args: tuple[int, int, int, int, int]) -> list[bytes]:
-    seed, index, count, quality, size = args
+def _render_identity(args: tuple[int, int, int, int, int, str]) -> list[bytes]:
+    seed, index, count, quality, size, nuisance = args
     identity = synthrender.train_identity(seed, index)
-    return [_jpeg(img, quality, size) for img in synthrender.train_images(seed, index, identity, count)]
+    level = synthrender.NUISANCE_LEVELS[nuisance]
+    return [_jpeg(img, quality, size) for img in synthrender.train_images(seed, index, identity, count, level)]
 
 
-def _render_pairs(args: tuple[int, int, int, float, int, int, int, int]) -> list[tuple[bytes, bytes, bool]]:
-    seed, num_identities, num_pairs, hard_fraction, start, stop, quality, size = args
+def _render_pairs(args: tuple[int, int, int, float, int, int, int, int, str]) -> list[tuple[bytes, bytes, bool]]:
+    seed, num_identities, num_pairs, hard_fraction, start, stop, quality, size, nuisance = args
+    level = synthrender.NUISANCE_LEVELS[nuisance]
     return [(_jpeg(a, quality, size), _jpeg(b, quality, size), same)
             for a, b, same in synthrender.verification_pairs(seed, num_identities, num_pairs, hard_fraction,
-                                                             start=start, stop=stop)]
+                                                             start=start, stop=stop, nuisance=level)]
+
+
+def write_pair_index(index: Path, out: Path) -> Path:
+    """A pair index (TFace's 8 columns) of positive pairs from a training index: each identity's photos in index
+    order, every photo with the next one (the last with the first), so each photo is in two pairs."""
+    from tface.core.data.index import read_index
+
+    idx = read_index(index)
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(idx.labels.tolist()):
+        by_label.setdefault(label, []).append(i)
+
+    def row(i: int) -> str:
+        name, shard = idx.keys[int(idx.file_id[i])]
+        return f"{name}\t{shard}\t{int(idx.offsets[i])}\t{int(idx.labels[i])}"
+
+    lines = [f"{row(rows[k])}\t{row(rows[(k + 1) % len(rows)])}\n"
+             for label in sorted(by_label) for rows in [by_label[label]] if len(rows) >= 2 for k in range(len(rows))]
+    return atomic_write_bytes(out, "".join(lines).encode())
 
 
 @options
@@ -113,10 +141,16 @@ class SynthFaceSource(DatasetSource):
                  jpeg_quality: int = option(95, _within(1, 100)),
                  # Side of the stored crops: 112 (the renderer's), or smaller, area-downsampled from 112. A
                  # 64×64 set trains a small CPU model about 3× faster per image (the quickstart's choice).
-                 image_size: int = option(RENDER_SIZE, _within(16, RENDER_SIZE))):
+                 image_size: int = option(RENDER_SIZE, _within(16, RENDER_SIZE)),
+                 # "hard": strong nuisance (turns, occluders, harsh light, blur, noise) on the same identities
+                 nuisance: Literal["normal", "hard"] = "normal",
+                 # train on positive pairs (two photos of one identity) instead of single photos: a pair branch
+                 pairs: bool = False):
         problems = self.problems(seed=seed, identities=identities, images_per_identity=images_per_identity,
                                  val_identities=val_identities, val_pairs=val_pairs, hard_fraction=hard_fraction,
                                  workers=workers, jpeg_quality=jpeg_quality, image_size=image_size)
+        if nuisance not in synthrender.NUISANCE_LEVELS:
+            problems.append(("nuisance", f"must be one of {', '.join(synthrender.NUISANCE_LEVELS)}, got {nuisance!r}"))
         if problems:
             raise ConfigError([f"{key}: {message}" for key, message in problems])
         self.seed, self.identities, self.images_per_identity = seed, identities, images_per_identity
@@ -125,13 +159,15 @@ class SynthFaceSource(DatasetSource):
         self.workers = workers or os.cpu_count() or 1
         self.jpeg_quality = jpeg_quality
         self.image_size = image_size
+        self.nuisance, self.pairs = nuisance, pairs
 
     @property
     def key(self) -> str:
         """Folder name: every input of the bytes, plus the renderer version."""
         return (f"v{synthrender.VERSION}-s{self.seed}-i{self.identities}x{self.images_per_identity}"
                 f"-v{self.val_identities}p{self.val_pairs}h{self.hard_fraction:g}-q{self.jpeg_quality}"
-                + (f"-r{self.image_size}" if self.image_size != RENDER_SIZE else ""))
+                + (f"-r{self.image_size}" if self.image_size != RENDER_SIZE else "")
+                + (f"-n{self.nuisance}" if self.nuisance != "normal" else ""))
 
     def folder(self) -> Path:
         return (self.cache_dir if self.cache_dir is not None else default_cache_root() / "synthface") / self.key
@@ -141,7 +177,8 @@ class SynthFaceSource(DatasetSource):
                 "identities": self.identities, "images_per_identity": self.images_per_identity,
                 "val_identities": self.val_identities, "val_pairs": self.val_pairs,
                 "hard_fraction": self.hard_fraction, "jpeg_quality": self.jpeg_quality,
-                "image_size": self.image_size}
+                "image_size": self.image_size,
+                **({"nuisance": self.nuisance} if self.nuisance != "normal" else {})}
 
     def paths(self, root: Path | None = None) -> SynthPaths:
         root = root or self.folder()
@@ -184,14 +221,14 @@ class SynthFaceSource(DatasetSource):
             try:
                 tmp = output.path
                 with ShardWriter(tmp, RECORD_NAME) as writer:
-                    jobs = [(self.seed, i, self.images_per_identity, self.jpeg_quality, self.image_size)
-                            for i in range(self.identities)]
+                    jobs = [(self.seed, i, self.images_per_identity, self.jpeg_quality, self.image_size,
+                             self.nuisance) for i in range(self.identities)]
                     for label, images in enumerate(self._map(pool, _render_identity, jobs)):
                         for data in images:
                             writer.add(data, label)
                 chunk = max(2, self.val_pairs // (4 * self.workers))
                 jobs = [(self.seed, self.val_identities, self.val_pairs, self.hard_fraction, s,
-                         min(s + chunk, self.val_pairs), self.jpeg_quality, self.image_size)
+                         min(s + chunk, self.val_pairs), self.jpeg_quality, self.image_size, self.nuisance)
                         for s in range(0, self.val_pairs, chunk)]
                 pairs: list[bytes] = []
                 issame: list[bool] = []
@@ -204,14 +241,20 @@ class SynthFaceSource(DatasetSource):
                     pool.close()
                     pool.join()
             write_bin(self.paths(tmp).bin, pairs, issame)
+            write_pair_index(self.paths(tmp).index, self.paths(tmp).pairs)
             atomic_write_bytes(tmp / MANIFEST, (json.dumps(self._manifest(), indent=2) + "\n").encode())
             if self.is_complete(final):
                 output.discard()  # another process finished first; its bytes are identical
         return self.paths(final)
 
-    def train_dataset(self, transform: Transform | None = None) -> IndexedTFRecordDataset:
+    def train_dataset(self, transform: Transform | None = None) -> IndexedTFRecordDataset | PairTFRecordDataset:
         paths = self.generate()
-        return IndexedTFRecordDataset(paths.index, paths.root, transform=transform)
+        if not self.pairs:
+            return IndexedTFRecordDataset(paths.index, paths.root, transform=transform)
+        if not paths.pairs.is_file():  # a set generated before pair indexes existed: derive it from its index
+            write_pair_index(paths.index, paths.pairs)
+        return PairTFRecordDataset(paths.pairs, paths.root, transform=transform)
 
     def eval_sets(self) -> dict[str, dict[str, Path]]:
-        return {"verification": {"synthface-val": self.generate().bin}}
+        name = "synthface-val" if self.nuisance == "normal" else f"synthface-{self.nuisance}-val"
+        return {"verification": {name: self.generate().bin}}

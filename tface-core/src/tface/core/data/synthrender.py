@@ -31,6 +31,8 @@ __all__ = [
     "Identity",
     "Nuisance",
     "NUISANCE",
+    "HARD_NUISANCE",
+    "NUISANCE_LEVELS",
     "PARAMS",
     "FAMILY_TRAITS",
     "sample_identity",
@@ -150,6 +152,15 @@ class Nuisance:
 
 
 NUISANCE = Nuisance()
+
+#: Strong nuisance: SynthFace's "hard" photos (``nuisance = "hard"``), the student data of DDL. Wider turns and
+#: tilts, more and darker occluders and sunglasses, harsh light, heavy blur and noise; the identity is the same.
+HARD_NUISANCE = Nuisance(yaw=0.8, roll_deg=10.0, shift=4.0, scale=0.12, occluder_p=0.4, glasses_p=0.25,
+                         sunglasses_p=0.5, gradient=1.0, brightness=(0.35, 1.5), cast=0.2, contrast=(0.5, 1.3),
+                         gamma=0.3, blur_p=0.9, blur_max=2.6, noise_max=20.0)
+
+#: The nuisance levels by name (SynthFace's ``nuisance`` option).
+NUISANCE_LEVELS = {"normal": NUISANCE, "hard": HARD_NUISANCE}
 
 
 @attrs.frozen
@@ -474,10 +485,9 @@ def _skin_multiplier(p: Identity) -> Image.Image:
     return Image.fromarray(mult, "RGBA").resize((_N * _SS, _N * _SS), Image.BILINEAR)
 
 
-def _face_canvas(p: Identity, rng: np.random.Generator) -> tuple[Image.Image, float]:
+def _face_canvas(p: Identity, rng: np.random.Generator, nz: Nuisance = NUISANCE) -> tuple[Image.Image, float]:
     """The identity in its canonical (aligned) frame at ``_SS`` times resolution, RGBA with a person mask."""
     S = _N * _SS
-    nz = NUISANCE
     yaw = float(np.clip(rng.normal(0, nz.yaw), -1, 1))
     cx = _N / 2
     # Features sit in front of the head contour: a yaw shifts them sideways in proportion to depth.
@@ -599,14 +609,16 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return bg
 
 
-def render(identity: Identity, rng: np.random.Generator, size: int = 112) -> np.ndarray:
+def render(identity: Identity, rng: np.random.Generator, size: int = 112,
+           nuisance: Nuisance = NUISANCE) -> np.ndarray:
     """One photo of ``identity``: ``size`` x ``size`` x 3 uint8, roughly ArcFace-aligned.
 
     ``rng`` drives only the nuisance (pose, expression, lighting, background, occluders, blur, noise),
-    so two calls with differently seeded generators are two photos of the same person.
+    so two calls with differently seeded generators are two photos of the same person; ``nuisance`` sets its
+    strengths (the same ``rng`` with :data:`HARD_NUISANCE` gives a harder photo of the same moment).
     """
-    nz = NUISANCE
-    face, yaw = _face_canvas(identity, rng)
+    nz = nuisance
+    face, yaw = _face_canvas(identity, rng, nz)
     # pose: output pixel -> canonical frame (inverse affine), with a yaw-like horizontal compression
     ang = math.radians(float(np.clip(rng.normal(0, nz.roll_deg), -15, 15)))
     scale = float(rng.uniform(1 - nz.scale, 1 + nz.scale)) * size / _N
@@ -713,10 +725,11 @@ def train_identities(seed: int, n: int) -> list[Identity]:
     return [train_identity(seed, i) for i in range(n)]
 
 
-def train_images(seed: int, identity_index: int, identity: Identity, count: int) -> Iterator[np.ndarray]:
+def train_images(seed: int, identity_index: int, identity: Identity, count: int,
+                 nuisance: Nuisance = NUISANCE) -> Iterator[np.ndarray]:
     """``count`` photos of training identity ``identity_index``, each from its own stream."""
     for j in range(count):
-        yield render(identity, image_rng(seed, "train", identity_index, j))
+        yield render(identity, image_rng(seed, "train", identity_index, j), nuisance=nuisance)
 
 
 @attrs.frozen
@@ -760,23 +773,24 @@ def _val_identity(seed: int, index: int) -> Identity:
     return sample_identity(identity_rng(seed, "val", index))
 
 
-def render_pair(seed: int, spec: PairSpec) -> tuple[np.ndarray, np.ndarray, bool]:
+def render_pair(seed: int, spec: PairSpec, nuisance: Nuisance = NUISANCE) -> tuple[np.ndarray, np.ndarray, bool]:
     """The two images of one planned pair; depends only on ``(seed, spec)``."""
     first = _val_identity(seed, spec.a)
     if spec.b == -1:
         second = sibling(first, identity_rng(seed, "val-sibling", spec.index), VAL_CLOSENESS)
     else:
         second = first if spec.b == spec.a else _val_identity(seed, spec.b)
-    return (render(first, image_rng(seed, "val-pairs", spec.index, 0)),
-            render(second, image_rng(seed, "val-pairs", spec.index, 1)), spec.same)
+    return (render(first, image_rng(seed, "val-pairs", spec.index, 0), nuisance=nuisance),
+            render(second, image_rng(seed, "val-pairs", spec.index, 1), nuisance=nuisance), spec.same)
 
 
 def verification_pairs(seed: int, num_identities: int, num_pairs: int, hard_fraction: float = 0.5,
-                       start: int = 0, stop: int | None = None) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+                       start: int = 0, stop: int | None = None,
+                       nuisance: Nuisance = NUISANCE) -> list[tuple[np.ndarray, np.ndarray, bool]]:
     """Verification pairs ``start:stop`` over held-out identities (disjoint streams from training).
 
     Pair ``k`` becomes images ``2k`` and ``2k + 1`` of a ``.bin`` file. Any slice gives the same pairs as
     the matching slice of the whole list, so the work splits across processes.
     """
     specs = pair_specs(seed, num_identities, num_pairs, hard_fraction)[start:stop]
-    return [render_pair(seed, s) for s in specs]
+    return [render_pair(seed, s, nuisance) for s in specs]
