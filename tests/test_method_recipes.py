@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import tomllib
 from click.testing import CliRunner
 
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "recipes" / "methods"
 
 
 def test_every_method_recipe_is_tested():
-    assert sorted(p.name for p in ROOT.glob("*.toml")) == ["ddl.toml", "scf.toml"]
+    assert sorted(p.name for p in ROOT.glob("*.toml")) == ["ddl.toml", "ddl_synthface.toml", "plain_synthface.toml",
+                                                           "scf.toml", "sdd_fiqa.toml"]
 
 
 def test_ddl_recipe_dry_run(tmp_path):
@@ -57,6 +59,48 @@ def test_scf_recipe_dry_run(tmp_path):
     assert data["method"] == {"name": "scf", "radius": 64.0, "kappa_min": 1.0, "kappa_max": 100000.0}
     assert (data["backbone"]["name"], data["train"]["lr"], data["train"]["batch_size"]) == ("ir_101", 3e-5, 128)
     assert "method    scf: SCF(radius=64.0" in comps
+
+
+def test_sdd_fiqa_recipe_dry_run(tmp_path):
+    files = {k: tmp_path / f"{k}.x" for k in ("list", "backbone", "bin", "recognizer")}
+    for f in files.values():
+        f.write_bytes(b"")
+    args = ["run", str(ROOT / "sdd_fiqa.toml"), "--dry-run", "--set", f'data.list="{files["list"]}"', "--set",
+            f'backbone.checkpoint="{files["backbone"]}"', "--set", f'eval.0.bins=["{files["bin"]}"]', "--set",
+            f'eval.0.recognizer={{name="ir_50", checkpoint="{files["recognizer"]}"}}']
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    text, _, comps = res.output.partition("# components")
+    data = tomllib.loads(text)
+    assert data["method"] == {"name": "quality_regression", "loss": "smooth_l1", "freeze_backbone": False,
+                              "map_size": 7, "dropout": 0.5}
+    assert (data["data"]["name"], data["backbone"]["name"]) == ("quality_list", "mobilefacenet")
+    train = data["train"]
+    assert (train["optimizer"], train["lr"], train["betas"]) == ("adamw", 1e-4, [0.9, 0.99])
+    assert train["weight_decay"] == 5e-4
+    assert (train["batch_size"], train["lr_milestones"], train["max_steps"]) == (625, [5825, 11650], 23300)
+    assert data["eval"][0]["recognizer"]["name"] == "ir_50"
+    assert "method    quality_regression: QualityRegression(loss='smooth_l1'" in comps
+
+
+@pytest.mark.parametrize(("name", "branches", "method"), [
+    ("ddl_synthface.toml", ["easy", "hard", "easy_pairs", "hard_pairs"], "ddl"),
+    ("plain_synthface.toml", ["easy", "hard"], None),
+])
+def test_synthface_ddl_recipes_dry_run(tmp_path, name, branches, method):
+    """The DDL-on-SynthFace pair: the same data, model, schedule and steps; only the pairs and the method differ."""
+    (tmp_path / "backbone.pt").write_bytes(b"")
+    res = CliRunner().invoke(cli, ["run", str(ROOT / name), "--dry-run", "--set",
+                                   f'backbone.checkpoint="{tmp_path / "backbone.pt"}"'], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    data = tomllib.loads(res.output.partition("# components")[0])
+    assert [d["branch"] for d in data["data"]] == branches
+    assert [d.get("nuisance", "normal") for d in data["data"]] == ["normal", "hard"] * (len(branches) // 2)
+    assert [d.get("pairs", False) for d in data["data"]] == [False, False] + [True, True] * (len(branches) > 2)
+    assert data.get("method", {}).get("name") == method
+    assert (data["train"]["max_steps"], data["train"]["lr"]) == (300, 0.02)
+    missing = CliRunner().invoke(cli, ["run", str(ROOT / name), "--dry-run"])
+    assert missing.exit_code != 0 and "runs/quickstart/checkpoints/backbone.pt" in missing.output
 
 
 def test_placeholders_are_reported_as_missing_inputs():

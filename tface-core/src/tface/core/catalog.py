@@ -35,6 +35,8 @@ DISTRIBUTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     ), "plugins": ("augment-commands",)},
     "tface-eval": {"protocols": ("verification", "ijb", "rfw")},
     "tface-methods": {"losses": ("ddl",), "methods": ("ddl", "scf")},
+    "tface-quality": {"datasets": ("quality_list",), "methods": ("quality_regression",), "protocols": ("evrc",),
+                      "plugins": ("quality-commands",)},
 }
 
 

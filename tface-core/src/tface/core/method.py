@@ -72,6 +72,9 @@ class TrainingMethod:
     scored)``: the branch's loss tensor, top-1 hits among the ``scored`` rows, and the branch's rows here.
     """
 
+    #: whether the method trains classifiers, so a recipe needs ``[head]``; False: the recipe must leave it out
+    needs_head: bool = True
+
     def build(self, ctx: MethodContext) -> MethodParts:  # pragma: no cover - abstract
         raise NotImplementedError
 

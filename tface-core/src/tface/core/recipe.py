@@ -275,8 +275,9 @@ class Recipe:
 
     @property
     def uses_classifier(self) -> bool:
-        """Whether the objective has a classification loss (the default), hence a head and classifiers."""
-        return not self.loss or any(t.takes == "nll" for t in self.loss)
+        """Whether the objective has a classification loss (the default), hence a head and classifiers (a method
+        that needs no ``[head]`` has none)."""
+        return self.head is not None and (not self.loss or any(t.takes == "nll" for t in self.loss))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seed": self.seed, "device": self.device}
@@ -310,6 +311,7 @@ _COMPONENTS = {k.slot: k.name for k in kinds.in_recipe() if not k.many}
 _COMPONENT_LISTS = {k.slot: k.name for k in kinds.in_recipe() if k.many and k.slot not in ("data", "loss")}
 _DATA_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "data")
 _LOSS_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "loss")
+_METHOD_KIND = next(k.name for k in kinds.in_recipe() if k.slot == "method")
 _TOP_LEVEL = {"seed", "device", "output_dir", "train", "distributed", "classifier",
               *(k.slot for k in kinds.in_recipe())}
 _DEVICES = ("auto", "cpu", "cuda")
@@ -409,6 +411,17 @@ def _embedding_only(raw: Any) -> bool:
     return True
 
 
+def _method_needs_head(raw: Mapping[str, Any]) -> bool:
+    """Whether the recipe's method trains a classifier, so needs ``[head]`` (a method says ``needs_head = False``
+    when it builds none, e.g. a quality regression); an unknown method is reported by its own key."""
+    table = raw.get("method")
+    name = table.get("name") if isinstance(table, dict) else DEFAULT_METHOD
+    try:
+        return bool(getattr(registry.get(_METHOD_KIND, name), "needs_head", True))
+    except registry.RegistryError:
+        return True
+
+
 def _losses(raw: Any, base: Path, problems: list[str]) -> list[LossTerm]:
     """``[[loss]]``: each a ``tface.losses`` component plus ``weight``; at most one classification loss."""
     from tface.core.losses import RECIPE_INPUTS
@@ -506,8 +519,8 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
                             + f" (valid keys: {', '.join(sorted(_TOP_LEVEL))})")
     parts: dict[str, Any] = {"head": None}
     for key, kind in _COMPONENTS.items():
-        if key == "head" and key not in raw and _embedding_only(raw.get("loss")):
-            continue  # the objective has no classification loss: no classifier, no head
+        if key == "head" and key not in raw and (_embedding_only(raw.get("loss")) or not _method_needs_head(raw)):
+            continue  # the objective has no classification loss (or the method no classifier): no head
         if key == "method" and key not in raw:
             parts[key] = _component(kind, {"name": DEFAULT_METHOD}, key, base, problems)
             continue
@@ -553,6 +566,9 @@ def _validate(raw: Mapping[str, Any], base: Path, source: Path | None) -> Recipe
                 problems.append(f"{where}.sampler_k: the batch size {b.batch(train)} must be a multiple "
                                 f"of sampler_k = {b.images_per_identity} (images per identity) for the balanced "
                                 "sampler")
+    if "head" in raw and not _method_needs_head(raw):
+        problems.append(f"head: method {raw['method'].get('name')!r} builds no classifier, so [head] would be "
+                        "unused; remove it")
     if parts["head"] is not None and losses and not any(t.takes == "nll" for t in losses):
         problems.append("head: the [[loss]] tables hold no classification loss (softmax, focal, ...), so no "
                         "classifier is built and the head would be unused; remove [head] or add one")
