@@ -83,6 +83,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from procmem import reset_peak, status_bytes
 
 from tface.core.classifier import Classifier, HeadInput, MarginHead, ShardedClassifier
 
@@ -101,26 +102,6 @@ class CosFace(MarginHead):
     def forward(self, batch: HeadInput) -> torch.Tensor:
         rows, cols, target = batch.local_targets()
         return batch.with_targets(rows, cols, target - self.m) * self.s
-
-
-# -- memory of this process ---------------------------------------------------------------------------------
-
-def _status_bytes(field: str) -> int:
-    """``VmRSS`` / ``VmHWM`` of this process from /proc/self/status, in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    """Reset the peak resident set (VmHWM) to the current one; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _available_bytes() -> int:
@@ -155,8 +136,8 @@ def _worker(rank: int, folder: str, world: int, job: dict) -> None:
             emb = torch.randn(job["batch"], job["dim"], generator=g)
             labels = torch.randint(0, job["classes"], (job["batch"],), generator=g)
             batches.append((emb[rank * rows:(rank + 1) * rows].clone(), labels[rank * rows:(rank + 1) * rows].clone()))
-        base = _status_bytes("VmRSS")
-        peak_reset = _reset_peak()
+        base = status_bytes("VmRSS")
+        peak_reset = reset_peak()
         clf = _build(job, rank, world).train()
         opt = None
         if job["step"]:
@@ -188,7 +169,7 @@ def _worker(rank: int, folder: str, world: int, job: dict) -> None:
             state = sum(v.numel() * v.element_size() for v in opt.state[param].values()
                         if isinstance(v, torch.Tensor) and v.dim())
             state += sum(v.numel() * v.element_size() for v in getattr(clf, "row_state", {}).values())
-        record = {"times": times[1:], "first_loss": losses[0], "base": base, "hwm": _status_bytes("VmHWM"),
+        record = {"times": times[1:], "first_loss": losses[0], "base": base, "hwm": status_bytes("VmHWM"),
                   "peak_reset": peak_reset, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "centre": centre, "state": state}
         Path(folder, f"rank{rank}.json").write_text(json.dumps(record))
@@ -209,15 +190,15 @@ def _sim_worker(rank: int, folder: str, world: int, job: dict) -> None:
         g = torch.Generator().manual_seed(100 + rank)
         batches = [(torch.randn(rows, d, generator=g), torch.randint(0, c, (rows,), generator=g))
                    for _ in range(job["steps"])]
-        base = _status_bytes("VmRSS")
-        peak_reset = _reset_peak()
+        base = status_bytes("VmRSS")
+        peak_reset = reset_peak()
         t0 = time.perf_counter()
         clf = ShardedClassifier(c, d, CosFace(), ctx=GroupContext(rows_split=False), sample_rate=job["rate"],
                                 seed=SEED).train()
         build_s = time.perf_counter() - t0
         opt = torch.optim.SGD(clf.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
         clf.attach(opt)
-        after_build = _status_bytes("VmRSS")
+        after_build = status_bytes("VmRSS")
         times, losses = [], []
         for emb, labels in batches:
             emb = emb.requires_grad_(True)
@@ -238,7 +219,7 @@ def _sim_worker(rank: int, folder: str, world: int, job: dict) -> None:
             state = buf.numel() * buf.element_size() if buf is not None else 0
             sub = 0
         record = {"classes_here": clf.num_local, "weight": weight, "state": state, "sub": sub, "times": times,
-                  "losses": losses, "base": base, "after_build": after_build, "hwm": _status_bytes("VmHWM"),
+                  "losses": losses, "base": base, "after_build": after_build, "hwm": status_bytes("VmHWM"),
                   "peak_reset": peak_reset, "build_s": build_s}
         Path(folder, f"rank{rank}.json").write_text(json.dumps(record))
         dist.barrier()  # gloo aborts a process whose peer tears down mid-exchange

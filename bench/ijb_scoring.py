@@ -1,13 +1,20 @@
-"""IJB-C 1:1 scoring: tface's vectorised pooling / scoring / TAR@FAR vs insightface's loop-based approach.
+"""IJB-C 1:1 scoring: tface's vectorised pooling / scoring / ROC vs insightface's loop-based approach.
 
 Synthetic, IJB-C-sized input (469,375 images, 23,124 templates with several media, some media with many
 video frames, 15,658,489 pairs of which 19,557 genuine). Image features are made once with
 ``image_features`` (flip sum × faceness, the eval_ijbc.py default) and fed to both implementations.
 
-Baseline (written here, following insightface's ``eval_ijbc.py``): a Python loop over templates and their
-medias for pooling, per-pair elementwise multiply-and-sum scoring in chunks of 100,000 pairs, and the
-nearest read-out as a ``min`` over ``(|fpr - far|, index)`` tuples on the reversed ROC (tface's
-``roc_curve``, or scikit-learn's with ``--sklearn``); the strict read-out scans the full ROC.
+tface: ``pool_templates``, ``score_pairs``, then one ``Roc`` (one sort) read out as both TAR@FAR read-outs
+and the downsampled curve of the protocol's result. Baseline (written here, following insightface's
+``eval_ijbc.py``): a Python loop over templates and their medias for pooling, per-pair elementwise
+multiply-and-sum scoring in chunks of 100,000 pairs, the nearest read-out as a ``min`` over
+``(|fpr - far|, index)`` tuples on the reversed ROC (tface's ``roc_curve``, or scikit-learn's with
+``--sklearn``), which also gives the plotted curve, and the strict read-out by scanning a second, full ROC.
+
+Also printed, measured in the same run: the hardware limit — one float64 Gram product of the templates
+the pairs use (rows side × columns side, float32 for reference), one gather of every pair's score out of
+it and one sort of the scores, each into memory touched beforehand — and tface's total against it; the
+peak resident set of tface's path (VmHWM, reset before it).
 
     python bench/ijb_scoring.py [--scale 1.0] [--seed 0] [--sklearn]
 """
@@ -15,11 +22,13 @@ nearest read-out as a ``min`` over ``(|fpr - far|, index)`` tuples on the revers
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import numpy as np
+from procmem import reset_peak, status_bytes
 
-from tface.eval.ijb_metrics import image_features, pool_templates, roc_curve, score_pairs, tar_at_far
+from tface.eval.ijb_metrics import Roc, downsample_roc, image_features, pool_templates, roc_curve, score_pairs
 
 N_IMAGES = 469_375
 N_TEMPLATES = 23_124
@@ -127,19 +136,66 @@ def baseline_score(ids: np.ndarray, feats: np.ndarray, pairs: np.ndarray) -> np.
     return score
 
 
-def baseline_nearest(labels: np.ndarray, scores: np.ndarray, roc) -> dict[float, float]:
+def baseline_nearest(labels: np.ndarray, scores: np.ndarray, roc) -> tuple[dict[float, float], tuple]:
+    """insightface's read-out; the same ROC is the one it plots (downsampled as tface's result keeps it)."""
     fpr, tpr, _ = roc(labels, scores)
+    curve = downsample_roc(fpr, tpr)
     fpr, tpr = np.flipud(fpr), np.flipud(tpr)
     out = {}
     for far in FARS:
         _, i = min(zip(abs(fpr - far), range(len(fpr))))
         out[far] = float(tpr[i])
-    return out
+    return out, curve
 
 
 def baseline_strict(labels: np.ndarray, scores: np.ndarray, roc) -> dict[float, float]:
     fpr, tpr, _ = roc(labels, scores, drop_intermediate=False)
     return {far: float(tpr[np.flatnonzero(fpr <= far)[-1]]) for far in FARS}
+
+
+def tface_readouts(labels: np.ndarray, scores: np.ndarray) -> tuple[dict, dict, tuple]:
+    """What the protocol reads from one ROC: both read-outs and the downsampled curve."""
+    roc = Roc(labels, scores)
+    fpr, tpr, _ = roc.curve()
+    return roc.tar_at_far(FARS, "nearest"), roc.tar_at_far(FARS, "strict"), downsample_roc(fpr, tpr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardware limit and memory
+
+
+def hardware_limit(ids: np.ndarray, feats: np.ndarray, pairs: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Seconds of what any implementation does at least: the Gram product of the templates the pairs use,
+    one gather of every score out of it, one sort of the scores. Outputs are allocated and touched first,
+    so page faults are not counted (tface's figures include its own)."""
+    rows = np.searchsorted(ids, pairs)  # bench ids are all templates
+    used = [np.flatnonzero(np.bincount(rows[:, j], minlength=ids.size)) for j in (0, 1)]
+    side = 0 if used[0].size <= used[1].size else 1
+    r, c = used[side], used[1 - side]
+    pos = np.zeros((2, ids.size), dtype=np.int64)
+    pos[0, r] = np.arange(r.size)
+    pos[1, c] = np.arange(c.size)
+    flat = pos[0, rows[:, side]] * c.size + pos[1, rows[:, 1 - side]]
+    del rows, pos
+    out: dict[str, float] = {"rows": r.size, "cols": c.size}
+    for dtype in (np.float32, np.float64):
+        a, b = feats[r].astype(dtype), feats[c].astype(dtype)
+        gram = np.ones((r.size, c.size), dtype=dtype)
+        t0 = time.perf_counter()
+        np.matmul(a, b.T, out=gram)
+        out[f"gram {np.dtype(dtype).name}"] = time.perf_counter() - t0
+    got = np.ones(flat.size)
+    t0 = time.perf_counter()
+    np.take(gram.reshape(-1), flat, out=got)
+    out["gather"] = time.perf_counter() - t0
+    del gram, flat
+    assert np.allclose(got, scores, rtol=0, atol=1e-12)
+    got[:] = scores
+    t0 = time.perf_counter()
+    got.sort()
+    out["sort"] = time.perf_counter() - t0
+    out["limit"] = out["gram float64"] + out["gather"] + out["sort"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,11 +236,14 @@ def main() -> None:
         f"{n_pairs:,} pairs ({int(labels.sum()):,} genuine), D={DIM}  [{time.perf_counter() - t0:.1f} s to make]"
     )
 
+    rss_before = status_bytes("VmRSS")
+    peak_reset = reset_peak()
     tf: dict[str, float] = {}
     ids, tfeats = timed(tf, "pool", pool_templates, features, templates, medias)
     scores = timed(tf, "score", score_pairs, ids, tfeats, pairs)
-    near = timed(tf, "tar nearest", tar_at_far, labels, scores, FARS, "nearest")
-    strict = timed(tf, "tar strict", tar_at_far, labels, scores, FARS, "strict")
+    near, strict, curve = timed(tf, "roc + read-outs", tface_readouts, labels, scores)
+    peak = status_bytes("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    limit = hardware_limit(ids, tfeats, pairs, scores)
 
     if args.sklearn:
         from sklearn.metrics import roc_curve as roc
@@ -193,14 +252,29 @@ def main() -> None:
     bl: dict[str, float] = {}
     b_ids, b_feats = timed(bl, "pool", baseline_pool, features, templates, medias)
     b_scores = timed(bl, "score", baseline_score, b_ids, b_feats, pairs)
-    b_near = timed(bl, "tar nearest", baseline_nearest, labels, b_scores, roc)
+    b_near, b_curve = timed(bl, "tar nearest", baseline_nearest, labels, b_scores, roc)
     b_strict = timed(bl, "tar strict", baseline_strict, labels, b_scores, roc)
+    bl["roc + read-outs"] = bl.pop("tar nearest") + bl.pop("tar strict")
 
-    print(f"\n{'stage':<12} {'baseline s':>11} {'tface s':>9} {'ratio':>7}")
+    print(f"\n{'stage':<16} {'baseline s':>11} {'tface s':>9} {'ratio':>7}")
     for name in tf:
-        print(f"{name:<12} {bl[name]:11.2f} {tf[name]:9.2f} {bl[name] / max(tf[name], 1e-9):6.1f}×")
+        print(f"{name:<16} {bl[name]:11.2f} {tf[name]:9.2f} {bl[name] / max(tf[name], 1e-9):6.1f}×")
     tb, tt = sum(bl.values()), sum(tf.values())
-    print(f"{'total':<12} {tb:11.2f} {tt:9.2f} {tb / tt:6.1f}×")
+    print(f"{'total':<16} {tb:11.2f} {tt:9.2f} {tb / tt:6.1f}×")
+    print(
+        f"\nhardware limit (same run): Gram {limit['rows']:,} × {limit['cols']:,} × {tfeats.shape[1]} float64 "
+        f"{limit['gram float64']:.2f} s (float32 {limit['gram float32']:.2f} s) + gather of {n_pairs:,} scores "
+        f"{limit['gather']:.2f} s + sort {limit['sort']:.2f} s = {limit['limit']:.2f} s; "
+        f"tface total = {tt / limit['limit']:.2f}× the limit"
+    )
+    what = "VmHWM, reset before it" if peak_reset else "ru_maxrss: the whole process so far"
+    above = (
+        f", {(peak - rss_before) / 2**30:.2f} GiB above the {rss_before / 2**30:.2f} GiB held before it "
+        "(the inputs: features, meta, pairs, labels)"
+        if rss_before
+        else ""
+    )
+    print(f"peak RSS of tface's path: {peak / 2**30:.2f} GiB ({what}){above}")
 
     assert np.array_equal(ids, b_ids)
     feat_diff = float(np.max(np.abs(tfeats - b_feats)))
@@ -215,6 +289,11 @@ def main() -> None:
         print(f"{far:8.0e} {a:>14} {b:>9} {near[far]['far_used']:10.3e} {c:>13} {d:>9}")
     print(f"\nTAR values equal to 2 decimals: {same}")
     assert same, "tface and baseline TAR@FAR differ"
+    n_curve = len(curve[0])
+    same_curve = n_curve == len(b_curve[0]) and all(np.array_equal(x, y) for x, y in zip(curve, b_curve))
+    gap = max(float(np.max(np.abs(x - y))) for x, y in zip(curve, b_curve)) if n_curve == len(b_curve[0]) else np.inf
+    print(f"downsampled ROC ({n_curve} points) equal to the baseline's: {same_curve} (max |difference| {gap:.1e})")
+    assert gap <= 1e-4, "tface and baseline ROC curves differ"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 
 from tface.eval import ijb_metrics
 from tface.eval.ijb_metrics import (
+    Roc,
     combine_galleries,
+    downsample_roc,
     identification,
     image_features,
     pool_templates,
@@ -50,6 +52,27 @@ def ref_nearest(labels, scores, far):
     fpr, tpr, thr = fpr[::-1], tpr[::-1], thr[::-1]
     _, i = min(zip(abs(fpr - far), range(len(fpr))))
     return tpr[i], fpr[i], thr[i]
+
+
+def ref_roc(labels, scores, drop_intermediate=True):
+    """The ROC by counting: for every distinct score t (descending), negatives and positives with score >= t;
+    with ``drop_intermediate``, the ends and every point whose neighbours are not collinear with it."""
+    pos, neg = scores[labels == 1], scores[labels != 1]
+    points = [(0, 0, math.inf)] + [
+        (int(np.count_nonzero(neg >= t)), int(np.count_nonzero(pos >= t)), float(t))
+        for t in sorted(set(scores.tolist()), reverse=True)
+    ]
+    if drop_intermediate:
+        inner = points[1:]
+        kept = [
+            p
+            for i, p in enumerate(inner)
+            if i in (0, len(inner) - 1)
+            or (inner[i - 1][0] + inner[i + 1][0] != 2 * p[0] or inner[i - 1][1] + inner[i + 1][1] != 2 * p[1])
+        ]
+        points = points[:1] + kept
+    fps, tps, thr = (np.array(v, dtype=np.float64) for v in zip(*points))
+    return fps / neg.size, tps / pos.size, thr
 
 
 def ref_strict(labels, scores, far):
@@ -161,13 +184,21 @@ def test_pool_templates_matches_loops(monkeypatch, chunk):
 
 
 @pytest.mark.parametrize(
-    ("dense_ratio", "block_bytes", "id_offset"),
-    [(128, 128 << 20, 0), (0, 128 << 20, 0), (128, 8 * 5 * 64, 0), (0, 8 * 5 * 64, -(1 << 40))],
+    ("dense_ratio", "block_bytes", "scan_blocks", "id_offset"),
+    [
+        (128, 128 << 20, 16, 0),
+        (0, 128 << 20, 16, 0),
+        (128, 8 * 5 * 64, 16, 0),
+        (128, 8 * 5 * 64, 0, 0),
+        (0, 8 * 5 * 64, 0, -(1 << 40)),
+    ],
 )
-def test_score_pairs_matches_brute_force(monkeypatch, dense_ratio, block_bytes, id_offset):
-    """Matrix-product and gather paths, several row blocks, lookup table and binary-search id mapping."""
+def test_score_pairs_matches_brute_force(monkeypatch, dense_ratio, block_bytes, scan_blocks, id_offset):
+    """Matrix-product and gather paths, several row blocks found by scanning or by sorting, lookup table and
+    binary-search id mapping."""
     monkeypatch.setattr(ijb_metrics, "_DENSE_RATIO", dense_ratio)
     monkeypatch.setattr(ijb_metrics, "_SCORE_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(ijb_metrics, "_SCAN_BLOCKS", scan_blocks)
     rng = np.random.default_rng(1)
     n_t = 60
     ids = rng.permutation(n_t) * 3 + 11 + id_offset  # not sorted
@@ -232,6 +263,41 @@ def test_roc_curve_matches_sklearn(seed, drop):
         for e, g in zip(expected, got):
             assert g.dtype == e.dtype
             np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roc_matches_counting_reference(seed):
+    """The sparse ROC (sorted scores + positive positions, corners found from positive and repeated values)
+    against plain counting — no ties, a few ties, heavy ties, and a positive tied with negatives."""
+    rng = np.random.default_rng(seed)
+    for n in (2, 5, 40, 400):
+        labels = (rng.random(n) < 0.3).astype(int)
+        labels[0], labels[-1] = 1, 0
+        base = rng.standard_normal(n)
+        for scores in (base, np.round(base, 1), np.round(base * 3) / 3, rng.choice(base[:3], n)):
+            roc = Roc(labels, scores)
+            for drop in (True, False):
+                for got, want in zip(roc.curve(drop), ref_roc(labels, scores, drop)):
+                    np.testing.assert_array_equal(got, want)
+
+
+def test_one_roc_serves_every_readout():
+    """Built once, an Roc gives what the one-shot functions give, as often as asked."""
+    rng = np.random.default_rng(7)
+    labels = (rng.random(2000) < 0.05).astype(int)
+    scores = np.round(rng.standard_normal(2000) + 2.5 * labels, 2)
+    roc = Roc(labels, scores)
+    assert (roc.n_pos, roc.n_neg) == (int(labels.sum()), int((labels == 0).sum()))
+    fars = (1e-3, 1e-2, 0.1)
+    for _ in range(2):
+        for readout in ("nearest", "strict"):
+            assert roc.tar_at_far(fars, readout) == tar_at_far(labels, scores, fars, readout)
+        for got, want in zip(roc.curve(), sk_roc_curve(labels, scores)):
+            np.testing.assert_array_equal(got, want)
+    fpr, tpr = downsample_roc(*roc.curve()[:2], max_points=20)
+    assert len(fpr) <= 20 and fpr[0] == 0.0 and fpr[-1] == 1.0
+    with pytest.raises(ValueError, match="at least one score"):
+        Roc(np.array([], dtype=int), np.array([]))
 
 
 def test_roc_curve_rejects_bad_input():

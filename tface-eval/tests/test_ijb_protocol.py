@@ -25,6 +25,7 @@ from tface.core.backbone import BackboneContractError
 from tface.core.config import ConfigError, structure, validate_options
 from tface.core.data.align import ARCFACE_TEMPLATE
 from tface.core.protocol import EvalContext, EvalProtocol
+from tface.eval import ijb
 from tface.eval.ijb import IJB, downsample_roc, extract_features, far_label, mode_description, mode_name
 from tface.eval.ijb_data import IJBFormatError, IJBImages, read_meta, read_table, read_template_subjects
 
@@ -442,6 +443,26 @@ def test_default_mode_results_by_hand(ijbc):
     roc = r["curves"]["roc"]
     assert roc["fpr"][0] == 0.0 and roc["tpr"][0] == 0.0 and roc["fpr"][-1] == 1.0 and roc["tpr"][-1] == 1.0
     json.dumps(r)  # results go to report.json
+
+
+def test_one_roc_gives_both_readouts_and_the_curve(ijbc, monkeypatch):
+    """The 1:1 result sorts its scores once: one Roc, read out as both TARs and the plotted curve, which is
+    scikit-learn's ROC of the hand-computed scores, downsampled."""
+    built = []
+
+    class CountingRoc(ijb.Roc):
+        def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
+            built.append(len(scores))
+            super().__init__(labels, scores)
+
+    monkeypatch.setattr(ijb, "Roc", CountingRoc)
+    (r,) = run(ijbc, fars=[0.1, 0.45])
+    assert built == [len(PAIRS)]
+    labels, scores = hand_scores(norm=False, detector=True, flip=True)
+    fpr, tpr = downsample_roc(*sk_roc_curve(labels, scores)[:2])
+    assert r["curves"]["roc"] == {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    assert r["tar@far=1e-1"] == 100 * sk_nearest(labels, scores, 0.1)[0]
+    assert r["tar@far=4.5e-1 (strict)"] == 100 * brute_strict(labels, scores, 0.45)
 
 
 @pytest.mark.parametrize(

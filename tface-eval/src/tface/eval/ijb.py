@@ -50,12 +50,12 @@ from tface.eval.ijb_data import (
 )
 from tface.eval.ijb_metrics import (
     DEFAULT_FARS,
+    Roc,
+    downsample_roc,
     identification,
     image_features,
     pool_templates,
-    roc_curve,
     score_pairs,
-    tar_at_far,
 )
 from tface.eval.verification import _EvalMode
 
@@ -75,8 +75,6 @@ __all__ = [
 #: most, which bounds what an interruption loses.
 CACHE_CHUNK = 16384
 _CACHE_FORMAT = 1
-#: Most points kept of the ROC curve in a result (log-spaced in FPR), so reports can plot it cheaply.
-ROC_POINTS = 500
 
 
 def _input_description(size: int, mean: Sequence[float], std: Sequence[float]) -> str:
@@ -113,26 +111,6 @@ def far_label(far: float) -> str:
     mantissa, exponent = f"{far:e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
-
-
-def downsample_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_points`` ROC points, log-spaced in FPR, for plotting on a log axis.
-
-    For each of ``max_points − 2`` FPR values spaced evenly in ``log(FPR)`` between the smallest positive FPR
-    and the largest, the last curve point at or below it is kept (the highest TPR reached by then, so the
-    step curve is never drawn above the truth); the first and last points are always kept.
-    """
-    fpr = np.asarray(fpr, dtype=np.float64)
-    tpr = np.asarray(tpr, dtype=np.float64)
-    if fpr.size <= max_points:
-        return fpr, tpr
-    positive = fpr[fpr > 0]
-    if positive.size == 0:
-        return fpr[[0, -1]], tpr[[0, -1]]
-    grid = np.geomspace(positive[0], fpr[-1], max_points - 2)
-    idx = np.searchsorted(fpr, grid, side="right") - 1
-    idx = np.unique(np.concatenate(([0], idx, [fpr.size - 1])))
-    return fpr[idx], tpr[idx]
 
 
 def _round6(values: np.ndarray) -> list[float]:
@@ -477,8 +455,9 @@ class IJB:
     def _verification(self, head: dict[str, Any], meta: IJBMeta, scores: np.ndarray, templates: int) -> Result:
         cfg = self.config
         fars = list(cfg.fars)
-        nearest = tar_at_far(meta.labels, scores, fars, readout="nearest")
-        strict = tar_at_far(meta.labels, scores, fars, readout="strict")
+        roc = Roc(meta.labels, scores)  # one sort for both read-outs and the curve
+        nearest = roc.tar_at_far(fars, readout="nearest")
+        strict = roc.tar_at_far(fars, readout="strict")
         result: Result = {**head, "task": "1:1", "mode_description": mode_description(cfg.norm, cfg.detector, cfg.flip)}
         readout: dict[str, dict[str, float]] = {}
         for far in fars:
@@ -491,7 +470,7 @@ class IJB:
                 "strict_far_used": strict[far]["far_used"],
                 "strict_threshold": strict[far]["threshold"],
             }
-        fpr, tpr, _ = roc_curve(meta.labels, scores)
+        fpr, tpr, _ = roc.curve()
         fpr, tpr = downsample_roc(fpr, tpr)
         result.update(
             {
