@@ -109,8 +109,12 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def fires(p: float) -> bool:
-    """Whether an op with probability ``p`` acts this time (draws only when ``0 < p < 1``)."""
-    return bool(_GLOBAL.fires(p, 1))
+    """Whether an op with probability ``p`` acts this time (draws only when ``0 < p < 1``).
+
+    The scalar form of :meth:`Draw.fires` (the same draw), without tensors for ``p`` of 0 or 1: every op calls
+    it once per image.
+    """
+    return p > 0 and (p >= 1 or bool(torch.rand(()) < p))
 
 
 def uniform(lo: float, hi: float) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
@@ -202,20 +203,26 @@ class RandomErasing(BatchAugmenter):
         self._store(p=p, scale=scale, ratio=ratio, fill=fill, value=value, on=on)
 
     def params(self, n: int, draw: Draw, h: int, w: int) -> tuple[list[list[int]], Draw]:
-        """Per image ``[top, left, height, width]`` (height 0: nothing fits), and ``draw`` for the random fill."""
+        """Per image ``[top, left, height, width]`` (height 0: nothing fits), and ``draw`` for the random fill.
+
+        One draw of ``2·TRIES + 2`` uniforms per image; the rectangle search runs in float64 numpy (a few dozen
+        numbers, where torch's per-op overhead would cost more than the erasing itself).
+        """
         lo, hi = self.scale
-        f64 = torch.float64
-        area = h * w * draw.uniform(lo, hi, n, TRIES, dtype=f64)
-        aspect = torch.exp(draw.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), n, TRIES, dtype=f64))
-        eh, ew = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+        u = draw.rand(n, 2 * TRIES + 2, dtype=torch.float64).cpu().numpy()
+        area = h * w * (lo + (hi - lo) * u[:, :TRIES])
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = np.exp(log_lo + (log_hi - log_lo) * u[:, TRIES:2 * TRIES])
+        eh, ew = np.round(np.sqrt(area * aspect)), np.round(np.sqrt(area / aspect))
         share = eh * ew / (h * w)
         fits = (eh >= 1) & (eh <= h) & (ew >= 1) & (ew <= w) & (share >= lo) & (share <= hi)
-        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first rectangle that fits
+        first = fits.argmax(1)  # the first rectangle that fits
         found = fits.any(1)
-        eh, ew = eh.gather(1, first).squeeze(1) * found, ew.gather(1, first).squeeze(1) * found
-        top = torch.floor(draw.rand(n, dtype=f64) * (h - eh + 1))
-        left = torch.floor(draw.rand(n, dtype=f64) * (w - ew + 1))
-        return torch.stack([top, left, eh, ew], 1).long().tolist(), draw
+        rows = np.arange(n)
+        eh, ew = eh[rows, first] * found, ew[rows, first] * found
+        top = np.floor(u[:, -2] * (h - eh + 1))
+        left = np.floor(u[:, -1] * (w - ew + 1))
+        return np.stack([top, left, eh, ew], 1).astype(np.int64).tolist(), draw
 
     def rectangle(self, h: int, w: int) -> tuple[int, int, int, int] | None:
         """``(top, left, height, width)`` of a rectangle drawn for an ``h × w`` image, or None."""

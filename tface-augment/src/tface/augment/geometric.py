@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 
 import attrs
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,22 +26,24 @@ from tface.core.data.sample import MIRROR, FaceSample
 
 __all__ = ["HFlip", "HorizontalFlip", "Rotate", "Shift", "RandomResizedCrop", "warp_affine"]
 
-def warp_affine(image: Tensor, matrix: Tensor, fill: int = 0) -> Tensor:
+def warp_affine(image: Tensor, matrix: Tensor | np.ndarray, fill: int = 0) -> Tensor:
     """``image`` (uint8 ``[3, H, W]``, or a batch ``[N, 3, H, W]`` with ``[N, 2, 3]`` matrices) resampled so that
     source pixel ``(x, y)`` lands at ``M @ [x, y, 1]``.
 
     Bilinear; output pixels whose source lies outside the image get ``fill``. The pixel-space inverse is turned
-    into ``affine_grid``'s normalised coordinates (``align_corners``: -1 and 1 are the outer pixel centres).
+    into ``affine_grid``'s normalised coordinates (``align_corners``: -1 and 1 are the outer pixel centres), in
+    float64 numpy: a few 3×3 matrices, for which torch's per-op overhead would cost more than the warp's setup.
     """
     single = image.dim() == 3
-    images, matrices = (image[None], matrix[None]) if single else (image, matrix)
+    images = image[None] if single else image
+    m = np.asarray(matrix.detach().cpu() if isinstance(matrix, Tensor) else matrix, dtype=np.float64)
+    m = m[None] if single else m
     n, c, h, w = images.shape
-    f64 = dict(dtype=torch.float64, device=images.device)
-    bottom = torch.tensor([[0.0, 0.0, 1.0]], **f64).expand(n, 1, 3)
-    full = torch.cat([matrices.to(**f64), bottom], dim=1)
-    norm = torch.tensor([[2.0 / max(w - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(h - 1, 1), -1.0], [0.0, 0.0, 1.0]], **f64)
-    theta = (norm @ torch.linalg.inv(full) @ torch.linalg.inv(norm))[:, :2].float()
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=True)
+    full = np.concatenate([m, np.broadcast_to(np.array([[[0.0, 0.0, 1.0]]]), (n, 1, 3))], axis=1)
+    norm = np.array([[2.0 / max(w - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(h - 1, 1), -1.0], [0.0, 0.0, 1.0]])
+    theta = (norm @ np.linalg.inv(full) @ np.linalg.inv(norm))[:, :2]
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=images.device), [n, c, h, w],
+                         align_corners=True)
     src = images.float()
     if fill:  # a ones channel marks what the source covers
         src = torch.cat([src, torch.ones(n, 1, h, w, device=images.device)], dim=1)
@@ -55,14 +58,19 @@ def _map(landmarks: Tensor, matrix: Tensor) -> Tensor:
     return landmarks @ matrix[:, :2].T.to(landmarks.dtype) + matrix[:, 2].to(landmarks.dtype)
 
 
-def _about_centre(linear: Tensor, h: int, w: int, shift: Tensor | None = None) -> Tensor:
+def _about_centre(linear: np.ndarray, h: int, w: int, shift: np.ndarray | None = None) -> np.ndarray:
     """``x -> linear @ (x - c) + c + shift`` as ``[n, 2, 3]`` matrices (``linear`` ``[n, 2, 2]``, ``shift``
     ``[n, 2]``), ``c`` the image centre."""
-    c = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64, device=linear.device)
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
     offset = c - linear @ c
     if shift is not None:
         offset = offset + shift
-    return torch.cat([linear, offset.unsqueeze(2)], dim=2)
+    return np.concatenate([linear, offset[:, :, None]], axis=2)
+
+
+def _uniforms(draw: Draw, n: int, k: int) -> np.ndarray:
+    """``[n, k]`` uniforms on [0, 1) from ``draw`` (one draw, on its device), as float64 numpy for the matrix math."""
+    return draw.rand(n, k, dtype=torch.float64).cpu().numpy()
 
 
 class _Affine:
@@ -77,12 +85,13 @@ class _Affine:
     fill: int
     on: str = "workers"
 
-    def matrices(self, n: int, draw: Draw, h: int, w: int) -> Tensor:
+    def matrices(self, n: int, draw: Draw, h: int, w: int) -> np.ndarray:
+        """``[n, 2, 3]`` float64 matrices, their random values drawn from ``draw``."""
         raise NotImplementedError
 
     def matrix(self, h: int, w: int) -> Tensor:
         """One ``2 × 3`` matrix from torch's global generator."""
-        return self.matrices(1, Draw(None), h, w)[0]
+        return torch.from_numpy(self.matrices(1, Draw(None), h, w)[0])
 
     def __call__(self, sample: FaceSample) -> FaceSample:
         if not fires(self.p):
@@ -150,11 +159,12 @@ class Rotate(_Affine):
                  on: Placement = "workers"):
         self.p, self.degrees, self.fill, self.on = float(p), (float(degrees[0]), float(degrees[1])), int(fill), on
 
-    def matrices(self, n: int, draw: Draw, h: int, w: int) -> Tensor:
-        a = torch.deg2rad(draw.uniform(*self.degrees, n, dtype=torch.float64))
-        cos, sin = torch.cos(a), torch.sin(a)
+    def matrices(self, n: int, draw: Draw, h: int, w: int) -> np.ndarray:
+        lo, hi = self.degrees
+        a = np.deg2rad(lo + (hi - lo) * _uniforms(draw, n, 1)[:, 0])
+        cos, sin = np.cos(a), np.sin(a)
         # y points down: a counter-clockwise turn on screen is (x, y) -> (x cos a + y sin a, -x sin a + y cos a)
-        linear = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)
+        linear = np.stack([np.stack([cos, sin], 1), np.stack([-sin, cos], 1)], 1)
         return _about_centre(linear, h, w)
 
     def __repr__(self) -> str:
@@ -171,10 +181,9 @@ class Shift(_Affine):
                  on: Placement = "workers"):
         self.p, self.fraction, self.fill, self.on = float(p), float(fraction), int(fill), on
 
-    def matrices(self, n: int, draw: Draw, h: int, w: int) -> Tensor:
-        d = draw.uniform(-self.fraction, self.fraction, n, 2, dtype=torch.float64)
-        shift = d * torch.tensor([w, h], dtype=torch.float64, device=d.device)
-        return _about_centre(torch.eye(2, dtype=torch.float64, device=d.device).expand(n, 2, 2), h, w, shift)
+    def matrices(self, n: int, draw: Draw, h: int, w: int) -> np.ndarray:
+        shift = (2 * _uniforms(draw, n, 2) - 1) * self.fraction * np.array([w, h])
+        return _about_centre(np.broadcast_to(np.eye(2), (n, 2, 2)), h, w, shift)
 
     def __repr__(self) -> str:
         return f"Shift(p={self.p}, fraction={self.fraction}, fill={self.fill}, on={self.on!r})"
@@ -193,17 +202,18 @@ class RandomResizedCrop(_Affine):
         self.scale, self.ratio = (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
         self.fill = 0
 
-    def matrices(self, n: int, draw: Draw, h: int, w: int) -> Tensor:
-        f64 = torch.float64
-        area = draw.uniform(*self.scale, n, dtype=f64)
-        ratio = torch.exp(draw.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), n, dtype=f64))
-        cw, ch = (w * torch.sqrt(area * ratio)).clamp(max=w), (h * torch.sqrt(area / ratio)).clamp(max=h)
-        x0, y0 = draw.rand(n, dtype=f64) * (w - cw), draw.rand(n, dtype=f64) * (h - ch)  # the box's left, top
+    def matrices(self, n: int, draw: Draw, h: int, w: int) -> np.ndarray:
+        u = _uniforms(draw, n, 4)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        ratio = np.exp(lo + (hi - lo) * u[:, 1])
+        cw, ch = np.minimum(w, w * np.sqrt(area * ratio)), np.minimum(h, h * np.sqrt(area / ratio))
+        x0, y0 = u[:, 2] * (w - cw), u[:, 3] * (h - ch)  # the box's left and top edges
         sx, sy = w / cw, h / ch
-        zero = torch.zeros_like(sx)
+        zero = np.zeros(n)
         # pixel edges lie at centre ± 0.5: x_out + 0.5 = (x_in + 0.5 - x0) · sx
-        return torch.stack([torch.stack([sx, zero, (0.5 - x0) * sx - 0.5], 1),
-                            torch.stack([zero, sy, (0.5 - y0) * sy - 0.5], 1)], 1)
+        return np.stack([np.stack([sx, zero, (0.5 - x0) * sx - 0.5], 1),
+                         np.stack([zero, sy, (0.5 - y0) * sy - 0.5], 1)], 1)
 
     def __repr__(self) -> str:
         return f"RandomResizedCrop(p={self.p}, scale={list(self.scale)}, ratio={list(self.ratio)}, on={self.on!r})"
