@@ -11,58 +11,37 @@ Inputs: 32 SynthFace renders, 112×112 uint8, held in memory (tface: ``[3, H, W]
   (c) the same pipeline written with Pillow: ``transpose``, ``rotate`` (bilinear), ``resize(box=...)``
       (bilinear), ``ImageEnhance`` brightness / contrast / colour in a random order, ``GaussianBlur``,
       JPEG save + load, ``ImageDraw.rectangle``.
+  (d) the ops with a batch form (``on = "device"``) on a uint8 batch of ``--batch`` images on ``--device`` against
+      (a)'s one image at a time, and the pipeline without jpeg through ``DeviceAugment`` against ``Compose``.
 
 (b) and (c) run round after round, interleaved, so a busy machine slows both alike; the median round of
 each is reported, and the ratio (b) / (c) (> 1: tface is faster).
 
-    python bench/augment.py [--images 400] [--rounds 5]
+    python bench/augment.py [--images 400] [--rounds 5] [--batch 128] [--device cpu|cuda]
 
-Measured 2026-12-03, 2 cores, ``python bench/augment.py`` on a quiet machine, after the affine warp moved to
-``affine_grid`` (the single-op rates still vary by up to 2x from run to run; the pipeline rows are interleaved):
+Measured 2026-12-03, 2 cores, ``python bench/augment.py`` (load 1.1), after the batch forms (``on = "device"``)
+and the per-image parameter maths in numpy:
 
-    loadavg before: 0.80 1.22 1.18 1/85 9735
-
-    (a) one op, defaults, p = 1, 112x112 uint8, 1 thread (20 ops)
-
-    | op                   |  images/s | µs/image |
-    |----------------------|----------:|---------:|
-    | posterize            |    54,529 |       18 |
-    | hflip                |    31,825 |       31 |
-    | grayscale            |    14,424 |       69 |
-    | random_erasing       |    14,420 |       69 |
-    | solarize             |     7,709 |      130 |
-    | autocontrast         |     6,719 |      149 |
-    | lowres               |     3,951 |      253 |
-    | jpeg                 |     3,621 |      276 |
-    | noise                |     3,224 |      310 |
-    | equalize             |     3,108 |      322 |
-    | color_jitter         |     2,849 |      351 |
-    | sharpness            |     2,130 |      469 |
-    | random_resized_crop  |     1,592 |      628 |
-    | rotate               |     1,459 |      686 |
-    | shift                |     1,409 |      710 |
-    | motion_blur          |     1,337 |      748 |
-    | blur                 |     1,128 |      887 |
-    | glasses              |       200 |     4993 |
-    | mask                 |       144 |     6948 |
-    | headscarf            |        80 |    12569 |
+    (a) one op, defaults, p = 1, 112x112 uint8, 1 thread (20 ops), images/s
+    posterize 41,181 · hflip 23,279 · grayscale 14,824 · autocontrast 11,544 · random_erasing 11,143 ·
+    solarize 10,704 · lowres 5,071 · equalize 4,280 · noise 4,207 · color_jitter 3,647 · jpeg 3,088 ·
+    shift 2,307 · sharpness 2,271 · random_resized_crop 2,052 · rotate 1,645 · motion_blur 1,332 · blur 1,319 ·
+    glasses 310 · mask 179 · headscarf 110
 
     (b, c) pipeline of 7 ops, all p = 1: median of 5 rounds x 400 images
+    tface (Compose) 398 images/s (2512 µs) · Pillow 765 images/s (1307 µs) · ratio tface / Pillow: 0.52x
 
-    | pipeline             |  images/s | µs/image |
-    |----------------------|----------:|---------:|
-    | tface (Compose)      |       362 |     2759 |
-    | Pillow               |       607 |     1649 |
+    (d) ops with a batch form: batches of 128 on the CPU (1 thread) vs one image at a time, images/s
+    posterize 10.69x · random_erasing 3.53x · random_resized_crop 1.72x · shift 1.66x · blur 1.47x ·
+    hflip 1.24x · noise 1.11x · rotate 1.08x · color_jitter 0.93x · grayscale 0.93x · solarize 0.45x
+    pipeline without jpeg: workers (Compose, per image) 467 · device (batch of 128, cpu) 591 · ratio 1.27x
 
-    ratio tface / Pillow: 0.60x
-    loadavg after: 0.88 1.20 1.18 1/85 9735
-
-(An earlier run under load 2.0, before the warp change: 301 vs 593 images/s, 0.51x.)
-
-The tface pipeline takes about 1.7 times as long per image as Pillow's. By the single-op rows, blur (a float
-convolution) and the two affine warps (rotate, random_resized_crop: a float ``grid_sample`` each) take most
-of it; Pillow does those three in uint8 C loops. The occluders (glasses, mask, headscarf) are the dearest
-ops by far.
+Earlier runs: 362 vs 607 images/s (0.60x) before the batch forms on a quieter machine; 0.36x right after them,
+when every op drew its per-image parameters as small tensors (a random resized crop's matrix took 153 µs, now
+53 µs in numpy). The tface pipeline takes about twice as long per image as Pillow's: the float blur and the
+float ``grid_sample`` warps cost most of it; Pillow does them in uint8 C loops. The occluders (glasses, mask,
+headscarf) are the dearest ops by far. On a GPU, ``--device cuda`` measures the batch forms where they are meant
+to run (not measured here: no GPU was lent).
 """
 
 from __future__ import annotations
