@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -177,3 +178,11 @@ def write_pairs_bin(path: Path, pairs: int = 40, seed: int = 0, side: int = SIDE
         images += [png(face(g.uniform(40, 215), a, side)), png(face(g.uniform(40, 215), b, side))]
         issame.append(same)
     return write_bin(path, images, issame)
+
+
+@pytest.fixture(scope="module")
+def toys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The toy backbone ``qtoynet`` registered for a test module's tests; yields the module. Test modules import
+    it (``from qualitytoys import toys``): a ``conftest.py`` here would shadow tface-core's in a joint run, where
+    pytest imports every tests folder's conftest under the one name ``conftest``."""
+    yield from install_toys(tmp_path_factory.mktemp("qsite"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qualitytoys
 import torch
 from click.testing import CliRunner
 from qualitytoys import quality_data, write_faces
@@ -18,6 +19,8 @@ from tface.core.train.trainer import Trainer
 from tface.quality.head import embeddings, load_quality_head, quality_scores
 from tface.quality.pseudo import pseudo_labels
 from tface.quality.source import read_quality_list
+
+toys = qualitytoys.toys  # the fixture (no conftest.py here: see qualitytoys.toys)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import qualitytoys
 import torch
 from click.testing import CliRunner
 from qualitytoys import RECIPE, quality_data, write_pairs_bin
@@ -22,6 +23,8 @@ from tface.core.train.trainer import Trainer
 from tface.quality.evrc import evrc
 from tface.quality.head import QualityHead, embeddings, load_quality_head, quality_scores
 from tface.quality.protocol import EVRCProtocol, fmr_label
+
+toys = qualitytoys.toys  # the fixture (no conftest.py here: see qualitytoys.toys)
 
 FMRS = (0.1, 0.05)  # 20 impostor pairs: 1e-2 and below would all sit above the highest impostor
 RATIOS = np.round(np.arange(51) * 0.01, 2)  # max_ratio = 0.5: with 80 images no genuine pair may be left at 0.95

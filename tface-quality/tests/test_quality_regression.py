@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import qualitytoys
 import torch
 from qualitytoys import RECIPE, quality_data, write_faces
 
@@ -19,6 +20,8 @@ from tface.core.train.errors import TrainingError
 from tface.core.train.setup import build_training
 from tface.core.train.trainer import Trainer
 from tface.quality.head import QualityHead
+
+toys = qualitytoys.toys  # the fixture (no conftest.py here: see qualitytoys.toys)
 
 
 @pytest.fixture(scope="module")
