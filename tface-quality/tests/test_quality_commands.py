@@ -39,7 +39,7 @@ def test_score_prints_one_line_per_image(run):
     root, run_dir, files = run
     last = run_dir / "checkpoints" / "last.pt"
     model = registry.get("backbones", "qtoynet")()
-    model.load_state_dict(torch.load(last)["backbone"])
+    model.load_state_dict(torch.load(last, weights_only=True)["backbone"])
     want = quality_scores(model, load_quality_head(last, 8), [decode_rgb(f.read_bytes()) for f in files[:5]])
     res = invoke("score", *files[:5], "--run", run_dir, "--device", "cpu", "--batch-size", 2)
     assert res.exit_code == 0, res.output
@@ -82,7 +82,7 @@ def test_labels_writes_what_quality_list_reads(run, tmp_path):
     images, scores = read_quality_list(out)
     assert images.paths == tuple(str(p) for p in sorted(folder.rglob("*.png")))
     model = registry.get("backbones", "qtoynet")()
-    model.load_state_dict(torch.load(root / "toynet.pt"))
+    model.load_state_dict(torch.load(root / "toynet.pt", weights_only=True))
     feats = embeddings(model, [decode_rgb(Path(p).read_bytes()) for p in images.paths])
     want = pseudo_labels(feats, torch.arange(4).repeat_interleave(5), k=3, rounds=2, seed=0)
     assert np.allclose(scores, want.numpy(), atol=5e-7)

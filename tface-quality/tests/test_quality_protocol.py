@@ -40,7 +40,7 @@ def data(toys, tmp_path_factory):
 
 def toynet(path):
     model = registry.get("backbones", "qtoynet")()
-    model.load_state_dict(torch.load(path))
+    model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()
 
 
@@ -110,7 +110,7 @@ batch_size = 80
     assert [r["stage"] for r in rows] == ["trained"]
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     model = toynet(data / "toynet.pt")
-    model.load_state_dict(torch.load(last)["backbone"])
+    model.load_state_dict(torch.load(last, weights_only=True)["backbone"])
     want, q = direct(model, load_quality_head(last, 8).eval(), toynet(data / "toynet.pt"), data / "pairs.bin")
     check_row(rows[0], want, q)
 

@@ -77,7 +77,7 @@ def test_the_model_learns_and_a_resumed_run_equals_an_uninterrupted_one(data, tm
     losses = [json.loads(line)["loss"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert set(full["method"]) == {"quality"} and full["classifiers"] == {}
-    start = torch.load(root / "toynet.pt")
+    start = torch.load(root / "toynet.pt", weights_only=True)
     assert not all(torch.equal(full["backbone"][k], v) for k, v in start.items())  # fine-tuned
     run(tmp_path / "half", 3)
     resumed = run(tmp_path / "half", 6, resume=True)
@@ -90,7 +90,7 @@ def test_freeze_backbone_trains_the_head_only(data, tmp_path):
     rec = recipe.load(root / "recipe.toml", ["method.freeze_backbone=true", "train.max_steps=3"])
     Trainer(rec, tmp_path / "run", echo=lambda m: None).run()
     end = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
-    start = torch.load(root / "toynet.pt")
+    start = torch.load(root / "toynet.pt", weights_only=True)
     assert all(torch.equal(end["backbone"][k], v) for k, v in start.items())  # BatchNorm statistics included
 
 

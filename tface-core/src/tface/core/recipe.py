@@ -342,14 +342,8 @@ def _component(kind: str, table: Any, path: str, base: Path, problems: list[str]
         problems.append(f"{path}: expected a table with a name, got {json.dumps(table)}")
         return None
     name = table.get("name")
-    if not isinstance(name, str):
-        problems.append(f"{path}.name: required string naming a registered {kinds.singular(kind)} "
-                        f"(one of: {', '.join(registry.names(kind)) or 'none installed'})")
-        return None
-    try:
-        obj = registry.get(kind, name)
-    except registry.RegistryError as exc:
-        problems.append(f"{path}.name: {exc}")
+    obj = registry.get_named(kind, name, path, problems)
+    if obj is None:
         return None
     takes_weights = kind == "backbones"
     options = {k: v for k, v in table.items() if k != "name" and not (takes_weights and k in WEIGHT_KEYS)}

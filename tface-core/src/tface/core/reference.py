@@ -51,14 +51,8 @@ class ComponentRef:
             problems.append(f"{path}: expected a table naming a {word} (name = ...), got {value!r}")
             return None
         name = value.get("name")
-        if not isinstance(name, str):
-            problems.append(f"{path}.name: required string naming a registered {word} "
-                            f"(one of: {', '.join(registry.names(cls.kind)) or 'none installed'})")
-            return None
-        try:
-            obj = registry.get(cls.kind, name)
-        except registry.RegistryError as exc:
-            problems.append(f"{path}.name: {exc}")
+        obj = registry.get_named(cls.kind, name, path, problems)
+        if obj is None:
             return None
         before = len(problems)
         checkpoint, strict, frozen = value.get("checkpoint"), value.get("strict", True), value.get("frozen", False)

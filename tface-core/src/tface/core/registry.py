@@ -36,6 +36,7 @@ __all__ = [
     "entries",
     "names",
     "get",
+    "get_named",
     "create",
     "status",
     "is_loaded",
@@ -258,6 +259,20 @@ def _load(entry: Entry) -> Any:
 def get(kind: str, name: str) -> Any:
     """The object behind component ``name`` (imported on first use, then cached)."""
     return _load(resolve(_check_kind(kind), name))
+
+
+def get_named(kind: str, name: Any, path: str, problems: list[str]) -> Any | None:
+    """:func:`get` for a table's ``name`` at key ``path`` (``backbone``, ``method.teacher``): the object, or None
+    after adding the problem (not a string, or not registered) to ``problems``."""
+    if not isinstance(name, str):
+        problems.append(f"{path}.name: required string naming a registered {kinds.singular(kind)} "
+                        f"(one of: {', '.join(names(kind)) or 'none installed'})")
+        return None
+    try:
+        return get(kind, name)
+    except RegistryError as exc:
+        problems.append(f"{path}.name: {exc}")
+        return None
 
 
 def create(kind: str, name: str, /, **options: Any) -> Any:

@@ -80,11 +80,6 @@ class DDLMethod(TrainingMethod):
         pair_weight = sum(w for name, w in setup.weights.items() if name not in setup.classifiers)
         return DDLStep(backbone, setup.classifiers, self.loss, self.weight / pair_weight, lambda: autocast(setup))
 
-    def __repr__(self) -> str:
-        return (f"DDLMethod(weight={self.weight}, pos_kl_weight={self.pos_kl_weight}, "
-                f"neg_kl_weight={self.neg_kl_weight}, order_weight={self.order_weight}, "
-                f"positive_threshold={self.positive_threshold}, bins={self.bins}, sigma={self.sigma})")
-
 
 class DDLStep(nn.Module):
     """The forward of a DDL step: ``module(images, batch)`` → per branch ``(loss, correct, rows, scored)``.

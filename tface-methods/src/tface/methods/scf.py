@@ -69,9 +69,6 @@ class SCF(TrainingMethod):
     def train_module(self, setup) -> nn.Module:  # noqa: ANN001 - TrainingSetup (core's train.setup)
         return SCFStep(setup.backbone, setup.classifiers, setup.method_modules["uncertainty"], self.radius)
 
-    def __repr__(self) -> str:
-        return f"SCF(radius={self.radius}, kappa_min={self.kappa_min}, kappa_max={self.kappa_max})"
-
 
 class SCFStep(nn.Module):
     """The forward of an SCF step: the frozen backbone's embedding and feature map, the head's κ, the loss."""

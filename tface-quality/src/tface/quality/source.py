@@ -26,7 +26,7 @@ from tface.core.config import option, options
 from tface.core.data.base import ON_ERROR, Transform
 from tface.core.data.folder import ImageFileDataset
 from tface.core.data.imagelist import ImageList
-from tface.core.data.index import IndexFormatError
+from tface.core.data.index import IndexFormatError, text_lines
 from tface.core.data.source import DatasetSource, missing_path
 
 __all__ = ["MAX_SCORE", "SCORE_SCALE", "QualityListDataset", "QualityListSource", "decode_labels", "encode_scores",
@@ -69,36 +69,28 @@ def read_quality_list(path: str | os.PathLike, root: str | os.PathLike | None = 
     """
     path = Path(path)
     base = Path(root) if root is not None else path.parent
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise IndexFormatError(f"{path}: cannot read quality list: {exc.strerror or exc}") from None
     paths: list[str] = []
     scores: list[float] = []
     lines: list[int] = []
     seen: dict[str, int] = {}
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\n\r")
-            if not line.strip():
-                continue
-            split = _split(line)
-            if split is None or not split[0]:
-                raise IndexFormatError(f"{path}:{lineno}: expected 'path<TAB>score', got {line[:120]!r}")
-            img, text = split
-            try:
-                score = float(text)
-            except ValueError:
-                raise IndexFormatError(f"{path}:{lineno}: the score must be a number, got {text[:40]!r}") from None
-            if not (math.isfinite(score) and 0.0 <= score <= MAX_SCORE):
-                raise IndexFormatError(f"{path}:{lineno}: the score must lie in [0, {MAX_SCORE:g}] (a quality "
-                                       f"pseudo label), got {text[:40]}")
-            if img in seen:
-                raise IndexFormatError(f"{path}:{lineno}: {img!r} is listed twice (first on line {seen[img]})")
-            seen[img] = lineno
-            paths.append(img)
-            scores.append(score)
-            lines.append(lineno)
+    for lineno, line in text_lines(path, "quality list"):
+        split = _split(line)
+        if split is None or not split[0]:
+            raise IndexFormatError(f"{path}:{lineno}: expected 'path<TAB>score', got {line[:120]!r}")
+        img, text = split
+        try:
+            score = float(text)
+        except ValueError:
+            raise IndexFormatError(f"{path}:{lineno}: the score must be a number, got {text[:40]!r}") from None
+        if not (math.isfinite(score) and 0.0 <= score <= MAX_SCORE):
+            raise IndexFormatError(f"{path}:{lineno}: the score must lie in [0, {MAX_SCORE:g}] (a quality "
+                                   f"pseudo label), got {text[:40]}")
+        if img in seen:
+            raise IndexFormatError(f"{path}:{lineno}: {img!r} is listed twice (first on line {seen[img]})")
+        seen[img] = lineno
+        paths.append(img)
+        scores.append(score)
+        lines.append(lineno)
     if not paths:
         raise IndexFormatError(f"{path}: the quality list is empty")
     values = np.asarray(scores, dtype=np.float64)

@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 
 from tface.core.data.image import IMAGE_EXTENSIONS
-from tface.core.data.index import IndexFormatError
+from tface.core.data.index import IndexFormatError, text_lines
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageList", "ImageSourceError", "scan_folder", "read_image_list"]
 
@@ -148,46 +148,38 @@ def read_image_list(path: str | os.PathLike, root: str | os.PathLike | None = No
     """
     path = Path(path)
     base = Path(root) if root is not None else path.parent
-    try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise IndexFormatError(f"{path}: cannot read image list: {exc.strerror or exc}") from None
     paths: list[str] = []
     raw_labels: list[int] = []
     lines: list[int] = []
     seen: dict[str, int] = {}
     labelled: bool | None = None
     first = 0
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\n\r")
-            if not line.strip():
-                continue
-            img, label = _split_line(line)
-            if not img:
-                raise IndexFormatError(f"{path}:{lineno}: empty image path: {line[:120]!r}")
-            has_label = label is not None
-            if labelled is None:
-                labelled, first = has_label, lineno
-            elif has_label != labelled:
-                mode = "has a label" if labelled else "has no label"
-                raise IndexFormatError(
-                    f"{path}:{lineno}: line {first} {mode} but this one {'does' if has_label else 'does not'}: "
-                    f"label every line or none: {line[:120]!r}"
-                )
-            if has_label:
-                try:
-                    value = int(label)
-                except ValueError:
-                    raise IndexFormatError(f"{path}:{lineno}: label must be an integer, got {label!r}") from None
-                if value < 0:
-                    raise IndexFormatError(f"{path}:{lineno}: negative label {value}")
-                raw_labels.append(value)
-            if img in seen:
-                raise IndexFormatError(f"{path}:{lineno}: {img!r} is listed twice (first on line {seen[img]})")
-            seen[img] = lineno
-            paths.append(img)
-            lines.append(lineno)
+    for lineno, line in text_lines(path, "image list"):
+        img, label = _split_line(line)
+        if not img:
+            raise IndexFormatError(f"{path}:{lineno}: empty image path: {line[:120]!r}")
+        has_label = label is not None
+        if labelled is None:
+            labelled, first = has_label, lineno
+        elif has_label != labelled:
+            mode = "has a label" if labelled else "has no label"
+            raise IndexFormatError(
+                f"{path}:{lineno}: line {first} {mode} but this one {'does' if has_label else 'does not'}: "
+                f"label every line or none: {line[:120]!r}"
+            )
+        if has_label:
+            try:
+                value = int(label)
+            except ValueError:
+                raise IndexFormatError(f"{path}:{lineno}: label must be an integer, got {label!r}") from None
+            if value < 0:
+                raise IndexFormatError(f"{path}:{lineno}: negative label {value}")
+            raw_labels.append(value)
+        if img in seen:
+            raise IndexFormatError(f"{path}:{lineno}: {img!r} is listed twice (first on line {seen[img]})")
+        seen[img] = lineno
+        paths.append(img)
+        lines.append(lineno)
     if not paths:
         raise IndexFormatError(f"{path}: the image list is empty")
     if labelled:

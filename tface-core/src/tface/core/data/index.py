@@ -31,6 +31,7 @@ import attrs
 import numpy as np
 
 __all__ = [
+    "text_lines",
     "IndexFormatError",
     "check_record_name",
     "Index",
@@ -166,13 +167,21 @@ def _open_text(path: Path, what: str):
         raise IndexFormatError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
 
 
-def _index_lines(path: Path, what: str) -> Iterator[tuple[int, str, list[str]]]:
-    """``(line number, line, tab-separated columns)`` of every non-blank line: the one line loop of both index kinds."""
+def text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line without its newline)`` of every non-blank line of a list file; a file that cannot be
+    read is an :class:`IndexFormatError` naming it as ``what``. The one line loop of tface's list and index files
+    (and of plugins' lists, e.g. tface-quality's score list)."""
     with _open_text(path, what) as handle:
         for lineno, line in enumerate(handle, 1):
             line = line.rstrip("\n\r")
             if line.strip():
-                yield lineno, line, line.split("\t")
+                yield lineno, line
+
+
+def _index_lines(path: Path, what: str) -> Iterator[tuple[int, str, list[str]]]:
+    """``(line number, line, tab-separated columns)`` of every non-blank line: the line loop of both index kinds."""
+    for lineno, line in text_lines(path, what):
+        yield lineno, line, line.split("\t")
 
 
 class _ShardTable:
