@@ -108,6 +108,44 @@ def test_write_plots_draws_roc_and_det_per_set(tmp_path):
     assert write_plots(tmp_path / "none", [{"protocol": "toy", "dataset": "t", "step": 0}]) == ([], None)
 
 
+def test_write_plots_draws_declared_curves_one_figure_per_kind_and_set(tmp_path):
+    """A plugin's curve with a ``plot`` spec becomes ``<kind>-<protocol>-<dataset>.png``; the lines of two models
+    share one figure; a malformed spec or a curve without one draws nothing and breaks nothing."""
+    pytest.importorskip("matplotlib")
+
+    def evrc(fnmr_a, fnmr_b):
+        return {"evrc": {"ratios": [0.0, 0.5, 0.9], "fnmr": {"1e-2": fnmr_a, "1e-3": fnmr_b},
+                         "plot": {"x": "ratios", "y": "fnmr", "xlabel": "ratio", "ylabel": "FNMR", "yscale": "log"}}}
+
+    results = [
+        {"stage": "untrained", "protocol": "evrc", "dataset": "val", "step": 0, "curves": evrc([0.5, 0.4, None],
+                                                                                                 [0.6, 0.5, 0.0])},
+        {"stage": "trained", "protocol": "evrc", "dataset": "val", "step": 9, "curves": evrc([0.2, 0.1, 0.05],
+                                                                                              [0.3, 0.2, 0.1])},
+        {"protocol": "toy", "dataset": "a", "step": 0,
+         "curves": {"odd": {"x": [1, 2], "plot": {"x": "x", "y": "nope"}}}},
+        {"protocol": "toy", "dataset": "b", "step": 0, "curves": {"odd": {"x": [1, 2], "y": [1], "plot": {"x": "x",
+                                                                                                          "y": "y"}}}},
+        {"protocol": "toy", "dataset": "c", "step": 0, "curves": {"plain": {"x": [1, 2], "y": [3, 4]}}},
+        {"protocol": "toy", "dataset": "d", "step": 0, "curves": {"line": {"x": [1, 2], "y": [3, 4],
+                                                                           "plot": {"x": "x", "y": "y"}}}},
+    ]
+    figures = report._figures(results)
+    by_stem = {f.stem: f for f in figures}
+    assert sorted(by_stem) == ["evrc-evrc-val", "line-toy-d"]
+    fig = by_stem["evrc-evrc-val"]
+    assert (fig.xlabel, fig.ylabel, fig.xscale, fig.yscale) == ("ratio", "FNMR", "linear", "log")
+    assert [label for label, _, _ in fig.lines] == [
+        "untrained (step 0) · 1e-2", "untrained (step 0) · 1e-3", "trained (step 9) · 1e-2", "trained (step 9) · 1e-3"]
+    assert fig.lines[0][2] == [0.5, 0.4, None]
+    assert by_stem["line-toy-d"].lines == [("model (step 0)", [1, 2], [3, 4])]
+    paths, note = write_plots(tmp_path, results)
+    assert note is None
+    assert sorted(p.name for p in paths) == ["evrc-evrc-val.png", "line-toy-d.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+
+
 def test_write_plots_without_matplotlib_is_a_note(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)

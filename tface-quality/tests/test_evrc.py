@@ -4,7 +4,6 @@ behaviour of perfect and random quality."""
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from tface.quality.evrc import (
     DEFAULT_RATIOS,
     area_over_curve,
     evrc,
-    plot_evrc,
     relative_area_over_curve,
     threshold_at_fmr,
 )
@@ -183,7 +181,7 @@ def test_relative_aoc_by_hand() -> None:
     assert math.isnan(relative_area_over_curve([0.0, 0.95], [0.0, 0.0]))
 
 
-# --- validation and plotting -------------------------------------------------------------------------------
+# --- validation -------------------------------------------------------------------------------------------
 
 
 def test_bad_inputs_are_refused() -> None:
@@ -195,23 +193,3 @@ def test_bad_inputs_are_refused() -> None:
         evrc([1.0, 2.0], [0, 0], [1, 1], [True, False], [0.5, 0.1], ratios=[0.0, 0.5, 0.5])
     with pytest.raises(ValueError, match="finite"):
         evrc([1.0, math.nan], [0, 0], [1, 1], [True, False], [0.5, 0.1])
-
-
-def test_plot_writes_a_png(tmp_path) -> None:
-    from PIL import Image
-
-    bad, a, b, genuine, scores = _synthetic()
-    res = evrc(np.where(bad, 0.0, 1.0), a, b, genuine, scores)
-    out = plot_evrc(res, tmp_path / "sub" / "evrc.png", title="synthetic")
-    assert out == tmp_path / "sub" / "evrc.png"
-    with Image.open(out) as im:
-        assert im.format == "PNG" and im.size[0] > 100
-    assert sorted(p.name for p in out.parent.iterdir()) == ["evrc.png"]  # no temporary left behind
-
-
-def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    res = _hand_made(np.array([0.0, 0.1]))
-    with pytest.raises(ImportError, match=r"pip install 'tface-quality\[plot\]'"):
-        plot_evrc(res, tmp_path / "x.png")
-    assert not (tmp_path / "x.png").exists()

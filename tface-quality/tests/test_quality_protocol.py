@@ -82,16 +82,14 @@ def test_the_numbers_are_evrc_called_directly(data, tmp_path):
     model, recognizer = toynet(data / "toynet.pt"), toynet(data / "toynet.pt")
     proto = protocol(bins=[str(data / "pairs.bin")],
                      recognizer={"name": "qtoynet", "checkpoint": str(data / "toynet.pt")},
-                     head=str(tmp_path / "head.pt"), fmrs=list(FMRS), batch_size=80, max_ratio=0.5,
-                     plot_dir=str(tmp_path / "plots"))
+                     head=str(tmp_path / "head.pt"), fmrs=list(FMRS), batch_size=80, max_ratio=0.5)
     assert proto.check_inputs() == []
     [row] = proto.evaluate(model, EvalContext(step=7))
     assert (row["protocol"], row["dataset"], row["step"]) == ("evrc", "pairs", 7)
     want, q = direct(model, head.eval(), recognizer, data / "pairs.bin")
     check_row(row, want, q)
-    pytest.importorskip("matplotlib")
-    assert row["plot"] == str(tmp_path / "plots" / "evrc-pairs.png")
-    assert (tmp_path / "plots" / "evrc-pairs.png").read_bytes().startswith(b"\x89PNG")
+    assert row["curves"]["evrc"]["plot"] == {"x": "ratios", "y": "fnmr", "xlabel": "ratio of unconsidered images",
+                                             "ylabel": "FNMR"}
 
 
 def test_a_training_run_evaluates_with_the_head_it_trains(data, tmp_path):
@@ -113,6 +111,9 @@ batch_size = 80
     model.load_state_dict(torch.load(last, weights_only=True)["backbone"])
     want, q = direct(model, load_quality_head(last, 8).eval(), toynet(data / "toynet.pt"), data / "pairs.bin")
     check_row(rows[0], want, q)
+    # the curves are drawn into the run folder by core's report writer, one line per FMR
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "run" / "evrc-evrc-pairs.png").read_bytes().startswith(b"\x89PNG")
 
     # tface eval on the run folder: a fresh backbone, so the head comes from the checkpoint named by `head`
     res = CliRunner().invoke(cli, ["eval", "--run", str(tmp_path / "run"), "--device", "cpu", "--output-dir",
@@ -125,6 +126,7 @@ batch_size = 80
     [again] = json.loads((tmp_path / "eval" / "eval-report.json").read_text())["results"]
     assert {k: again[k] for k in rows[0] if k not in ("stage", "step")} == \
         {k: v for k, v in rows[0].items() if k not in ("stage", "step")}
+    assert (tmp_path / "eval" / "evrc-evrc-pairs.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_missing_inputs_and_a_missing_head_are_named(data, tmp_path):

@@ -2,7 +2,8 @@
 
 Results are plain dicts (``protocol``, ``dataset``, ``step`` plus metrics). Scalars go into the Markdown
 tables; nested values (a result's ``curves``) only into the JSON, where tools can read them, and into the
-ROC / DET plots drawn by :func:`write_plots` when matplotlib is installed (the ``plots`` extra).
+plots drawn by :func:`write_plots` when matplotlib is installed (the ``plots`` extra): ROC / DET from
+``curves.roc``, and any curve that declares its axes (``curves.<kind>.plot``), such as a plugin's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from tface.core.fsutil import atomic_write_bytes
 
@@ -160,7 +163,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# --- ROC / DET plots --------------------------------------------------------------------------------------
+# --- plots: ROC / DET and declared curves ---------------------------------------------------------------
 
 #: The note :func:`write_plots` returns when matplotlib cannot be imported.
 NO_MATPLOTLIB = "plots skipped: matplotlib is not installed (pip install 'tface-core[plots]')"
@@ -195,6 +198,80 @@ def _curve(r: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
     return [float(v) for v in fpr], [float(v) for v in tpr]
 
 
+@attrs.define
+class _Figure:
+    """One PNG: its lines (label, xs, ys) and axes; ROC, DET and every declared curve are drawn the same way."""
+
+    stem: str
+    title: str
+    xlabel: str
+    ylabel: str
+    xscale: str = "linear"
+    yscale: str = "linear"
+    lines: list[tuple[str, list[float], list[float]]] = attrs.field(factory=list)
+
+
+def _number(v: Any) -> float | None:
+    """A finite float, or None for a gap (None, NaN, a non-number)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _declared(curve: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Any], dict[str, list[Any]]] | None:
+    """``(plot spec, xs, {series: ys})`` of a curve that declares a ``plot``, or None when it does not or is
+    malformed (a report is never lost to a plugin's odd curve; the JSON keeps it whatever its shape)."""
+    spec = curve.get("plot")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("x"), str) or not isinstance(spec.get("y"), str):
+        return None
+    xs, ys = curve.get(spec["x"]), curve.get(spec["y"])
+    if not isinstance(xs, Sequence) or isinstance(xs, str):
+        return None
+    series = dict(ys) if isinstance(ys, Mapping) else {"": ys}
+    if not series or any(not isinstance(v, Sequence) or isinstance(v, str) or len(v) != len(xs)
+                         for v in series.values()):
+        return None
+    return spec, list(xs), {str(k): list(v) for k, v in series.items()}
+
+
+def _figures(results: Sequence[dict[str, Any]]) -> list[_Figure]:
+    """Every figure the results call for, lines from several results of one (protocol, dataset) together."""
+    figures: dict[tuple[str, str, str], _Figure] = {}
+
+    def figure(kind: str, protocol: str, dataset: str, **axes: str) -> _Figure:
+        key = (kind, protocol, dataset)
+        if key not in figures:
+            figures[key] = _Figure(f"{_slug(kind)}-{_slug(protocol)}-{_slug(dataset)}", **axes)
+        return figures[key]
+
+    for r in results:
+        name = _row_key(r) + (f" {r['mode']}" if isinstance(r.get("mode"), str) else "")  # e.g. IJB's modes
+        if r.get("step") is not None:
+            name += f" (step {r.get('step')})"
+        protocol, dataset = str(r.get("protocol")), str(r.get("dataset"))
+        roc = _curve(r)
+        if roc is not None:
+            fpr, tpr = roc
+            figure("roc", protocol, dataset, title=f"ROC — {protocol} {dataset}", xlabel="false positive rate (FPR)",
+                   ylabel="true positive rate (TPR)", xscale="log").lines.append((name, fpr, tpr))
+            figure("det", protocol, dataset, title=f"DET — {protocol} {dataset}", xlabel="false match rate (FMR)",
+                   ylabel="false non-match rate (FNMR)", xscale="log",
+                   yscale="log").lines.append((name, fpr, [1.0 - t for t in tpr]))
+        curves = r.get("curves")
+        for kind, curve in (curves.items() if isinstance(curves, Mapping) else ()):
+            declared = _declared(curve) if isinstance(curve, Mapping) and kind != "roc" else None
+            if declared is None:
+                continue
+            spec, xs, series = declared
+            fig = figure(str(kind), protocol, dataset, title=str(spec.get("title") or f"{kind} — {protocol} {dataset}"),
+                         xlabel=str(spec.get("xlabel", spec["x"])), ylabel=str(spec.get("ylabel", spec["y"])),
+                         xscale="log" if spec.get("xscale") == "log" else "linear",
+                         yscale="log" if spec.get("yscale") == "log" else "linear")
+            for label, ys in series.items():
+                fig.lines.append((" · ".join(t for t in (name, label) if t), xs, ys))
+    return list(figures.values())
+
+
 def _save_png(fig: Any, canvas_cls: Any, path: Path) -> Path:
     canvas_cls(fig)
     buf = io.BytesIO()
@@ -202,64 +279,55 @@ def _save_png(fig: Any, canvas_cls: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def write_plots(run_dir: str | os.PathLike, results: Sequence[dict[str, Any]]) -> tuple[list[Path], str | None]:
-    """Draw ``roc-<protocol>-<dataset>.png`` and ``det-<protocol>-<dataset>.png`` into ``run_dir``.
+def _draw(spec: _Figure, figure_cls: Any, canvas_cls: Any, folder: Path) -> Path | None:
+    fig = figure_cls(figsize=(5.0, 4.0), dpi=100)
+    ax = fig.add_subplot()
+    drawn = 0
+    for label, xs, ys in spec.lines:
+        pts = [(x, y) for x, y in ((_number(a), _number(b)) for a, b in zip(xs, ys)) if x is not None and y is not None
+               and (spec.xscale != "log" or x > 0) and (spec.yscale != "log" or y > 0)]
+        if not pts:
+            continue
+        px, py = zip(*pts)
+        ax.plot(px, py, label=label, linewidth=1.5, marker="." if len(pts) < 3 else None)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xscale(spec.xscale)
+    ax.set_yscale(spec.yscale)
+    ax.set_xlabel(spec.xlabel)
+    ax.set_ylabel(spec.ylabel)
+    ax.set_title(spec.title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save_png(fig, canvas_cls, folder / f"{spec.stem}.png")
 
-    Every result with ``"curves": {"roc": {"fpr": [...], "tpr": [...]}}`` is one line, labelled with its
-    ``label``/``stage``, ``mode`` (if any) and step; results of one (protocol, dataset) share a figure, so an
-    untrained and a trained model, or two checkpoints, are compared on the same axes. ROC: TPR over FPR on a
-    log axis; DET: FNMR (1 − TPR) over FMR (FPR), both log. Points a log axis cannot show (zeros) are dropped.
+
+def write_plots(run_dir: str | os.PathLike, results: Sequence[dict[str, Any]]) -> tuple[list[Path], str | None]:
+    """Draw the results' curves into ``run_dir``: ``<kind>-<protocol>-<dataset>.png``.
+
+    * ``"curves": {"roc": {"fpr": [...], "tpr": [...]}}`` gives ``roc-…`` (TPR over FPR, log x) and ``det-…``
+      (FNMR = 1 − TPR over FMR, both log).
+    * Any other curve that declares how to draw it, ``"plot": {"x": KEY, "y": KEY}`` naming two of its own
+      entries, gives ``<kind>-…``: ``curve[x]`` is the x values, ``curve[y]`` one list of y values or a dict
+      ``series name → list`` (one line each). Optional ``xlabel``, ``ylabel``, ``title``, ``xscale`` and
+      ``yscale`` (``"log"``). This is how a plugin protocol (tface-quality's ``evrc``) gets its plots into the
+      run folder without knowing where that is. ``None`` values are gaps.
+
+    Results of one (protocol, dataset) share each figure, one line per result (and series), labelled with
+    its ``label``/``stage``, ``mode`` (if any) and step, so an untrained and a trained model, or two
+    checkpoints, are compared on the same axes. Points a log axis cannot show (zeros) are dropped.
 
     Returns the PNG paths and a note: ``None``, or a one-line reason when nothing could be drawn because
     matplotlib is missing (then nothing is written and nothing is raised).
     """
-    groups: dict[tuple[str, str], list[tuple[str, list[float], list[float]]]] = {}
-    for r in results:
-        curve = _curve(r)
-        if curve is None:
-            continue
-        name = _row_key(r) + (f" {r['mode']}" if isinstance(r.get("mode"), str) else "")  # e.g. IJB's modes
-        if r.get("step") is not None:
-            name += f" (step {r.get('step')})"
-        groups.setdefault((str(r.get("protocol")), str(r.get("dataset"))), []).append((name, *curve))
-    if not groups:
+    figures = _figures(results)
+    if not figures:
         return [], None
     mpl = _load_matplotlib()
     if mpl is None:
         return [], NO_MATPLOTLIB
     figure_cls, canvas_cls = mpl
-    run_dir = Path(run_dir)
-    written: list[Path] = []
-    for (protocol, dataset), curves in groups.items():
-        stem = f"{_slug(protocol)}-{_slug(dataset)}"
-        for kind in ("roc", "det"):
-            fig = figure_cls(figsize=(5.0, 4.0), dpi=100)
-            ax = fig.add_subplot()
-            drawn = 0
-            for name, fpr, tpr in curves:
-                if kind == "roc":
-                    pts = [(f, t) for f, t in zip(fpr, tpr) if f > 0 and math.isfinite(f) and math.isfinite(t)]
-                else:
-                    pts = [(f, 1.0 - t) for f, t in zip(fpr, tpr) if f > 0 and 1.0 - t > 0]
-                if not pts:
-                    continue
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, label=name, linewidth=1.5, marker="." if len(pts) < 3 else None)
-                drawn += 1
-            if not drawn:
-                continue
-            ax.set_xscale("log")
-            if kind == "roc":
-                ax.set_xlabel("false positive rate (FPR)")
-                ax.set_ylabel("true positive rate (TPR)")
-                ax.set_title(f"ROC — {protocol} {dataset}")
-            else:
-                ax.set_yscale("log")
-                ax.set_xlabel("false match rate (FMR)")
-                ax.set_ylabel("false non-match rate (FNMR)")
-                ax.set_title(f"DET — {protocol} {dataset}")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize="small")
-            fig.tight_layout()
-            written.append(_save_png(fig, canvas_cls, run_dir / f"{kind}-{stem}.png"))
-    return written, None
+    folder = Path(run_dir)
+    return [p for spec in figures if (p := _draw(spec, figure_cls, canvas_cls, folder)) is not None], None

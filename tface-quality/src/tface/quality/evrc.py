@@ -27,12 +27,9 @@ TFace ships no code for it (reference §10.3), so the protocol is spelled out he
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +40,6 @@ __all__ = [
     "EVRCResult",
     "area_over_curve",
     "evrc",
-    "plot_evrc",
     "relative_area_over_curve",
     "threshold_at_fmr",
 ]
@@ -53,7 +49,6 @@ DEFAULT_FMRS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 #: Reject ratios 0, 0.01, ..., 0.95.
 DEFAULT_RATIOS: np.ndarray = np.round(np.arange(96) * 0.01, 2)
 
-_PLOT_HINT = "plot_evrc needs matplotlib: pip install 'tface-quality[plot]'"
 
 
 def _numpy(x: Any, name: str) -> np.ndarray:
@@ -207,33 +202,3 @@ def evrc(
         kept_images=q.size - dropped,
         kept_genuine=kept,
     )
-
-
-def plot_evrc(result: EVRCResult, path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Draw the curves (FNMR over the ratio of unconsidered images, AOC in the legend) to a PNG at ``path``.
-
-    The file appears atomically (a temporary sibling renamed over it), so a reader never sees half a PNG.
-    Needs matplotlib (the ``plot`` extra); uses the Agg canvas, never pyplot's global state.
-    """
-    try:
-        import matplotlib  # noqa: F401 - a missing package fails here, before the submodules
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ImportError(_PLOT_HINT) from e
-    from tface.core.fsutil import atomic_write_bytes
-
-    fig = Figure(figsize=(5.0, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for f, curve, aoc in zip(result.fmrs, result.fnmr, result.aoc):
-        ax.plot(result.ratios, curve, linewidth=1.5, label=f"FMR={f:g} (AOC {aoc:.4f})")
-    ax.set_xlabel("ratio of unconsidered images")
-    ax.set_ylabel("FNMR")
-    ax.set_title(title or f"EVRC (mean AOC {result.mean_aoc:.4f})")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(path, buf.getvalue())

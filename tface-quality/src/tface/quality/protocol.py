@@ -13,9 +13,10 @@ head the ``quality_regression`` method registered for that backbone (:func:`tfac
 is how ``[[eval]] name = "evrc"`` in a quality recipe evaluates the model being trained; ``tface eval`` builds a
 fresh backbone and so needs ``head``.
 
-Plots: protocols get no output folder from core (``EvalContext`` has none), so ``plot_dir`` names where
-``evrc-<dataset>.png`` goes (needs matplotlib, ``tface-quality[plot]``; without it no PNG and the result says
-so). The curves are in every result (``curves.evrc``), hence in ``report.json``.
+Plots: every result carries its curves (``curves.evrc``, hence in ``report.json``) with a ``plot`` spec (FNMR per
+FMR over the reject ratio), so core's report writer draws ``evrc-evrc-<dataset>.png`` into the run folder (``tface
+run``) or the report folder (``tface eval``) like any ROC, one line per model and FMR (needs matplotlib, the
+``tface-core[plots]`` extra).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tface.core.data.binfile import BinFormatError, read_bin
 from tface.core.data.image import ImageDecodeError, decode_rgb
 from tface.core.protocol import EvalContext, Result
 from tface.core.reference import BackboneRef
-from tface.quality.evrc import DEFAULT_FMRS, DEFAULT_RATIOS, EVRCResult, evrc, plot_evrc
+from tface.quality.evrc import DEFAULT_FMRS, DEFAULT_RATIOS, EVRCResult, evrc
 from tface.quality.head import QualityHead, attached_head, embeddings, load_quality_head, quality_scores, unfreeze
 
 __all__ = ["EVRCProtocol", "bin_evrc", "evrc_numbers", "fmr_label"]
@@ -67,6 +68,8 @@ def evrc_numbers(result: EVRCResult) -> dict[str, Any]:
         "ratios": [float(r) for r in result.ratios],
         "thresholds": {fmr_label(f): _finite(float(t)) for f, t in zip(result.fmrs, result.thresholds)},
         "fnmr": {fmr_label(f): [_finite(float(v)) for v in row] for f, row in zip(result.fmrs, result.fnmr)},
+        # how core's report writer draws it (tface.core.report.write_plots): one line per FMR
+        "plot": {"x": "ratios", "y": "fnmr", "xlabel": "ratio of unconsidered images", "ylabel": "FNMR"},
     }}
     return out
 
@@ -125,7 +128,7 @@ def _fmrs(instance: Any, attribute: Any, value: Sequence[float]) -> None:
 class EVRCProtocol:
     """The ``evrc`` protocol (see the module docstring). One result per ``.bin``: ``aoc`` and ``aoc_rel`` (means
     over the FMRs), per FMR ``aoc@fmr=…``, ``aoc_rel@fmr=…`` and ``fnmr@fmr=…`` (before rejection), ``pairs``,
-    ``images``, ``quality_mean``, ``curves.evrc`` and, with ``plot_dir``, ``plot`` (the PNG, or why none)."""
+    ``images``, ``quality_mean`` and ``curves.evrc`` (drawn into the run's folder by core's report writer)."""
 
     name = "evrc"
 
@@ -149,8 +152,6 @@ class EVRCProtocol:
         batch_size: int = option(64, attrs.validators.gt(0)),
         # Recogniser flip test: the embedding of image + mirror (the quality model sees the image only).
         flip: bool = True,
-        # Folder for ``evrc-<dataset>.png`` (protocols get no run folder from core); unset: no plot.
-        plot_dir: pathlib.Path | None = None,
     ):
         self.bins = [pathlib.Path(b) for b in bins]
         self.use_provided = use_provided
@@ -162,7 +163,6 @@ class EVRCProtocol:
         self.ratios = DEFAULT_RATIOS[: round(self.max_ratio * 100) + 1]
         self.batch_size = batch_size
         self.flip = flip
-        self.plot_dir = pathlib.Path(plot_dir) if plot_dir is not None else None
 
     def datasets(self, ctx: EvalContext) -> list[tuple[str, pathlib.Path]]:
         """``(name, path)`` of every set: explicit ``bins`` first, then the provided ones (a name once)."""
@@ -227,11 +227,5 @@ class EVRCProtocol:
                                                    ratios=self.ratios)
             row: Result = {"protocol": self.name, "dataset": name, "step": ctx.step, "pairs": int(genuine.size),
                            "images": int(quality.size), "quality_mean": float(quality.mean()), **evrc_numbers(result)}
-            if self.plot_dir is not None:
-                try:
-                    row["plot"] = str(plot_evrc(result, self.plot_dir / f"evrc-{name}.png",
-                                                title=f"EVRC {name} (mean AOC {result.mean_aoc:.4f})"))
-                except ImportError as exc:
-                    row["plot"] = f"none: {exc}"
             results.append(row)
         return results
