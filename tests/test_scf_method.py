@@ -11,14 +11,18 @@ import pytest
 import torch
 from handmade import write_records
 
+from tface.core import evaluate as ev
 from tface.core import recipe
-from tface.core.backbone import forward_features
+from tface.core.attached import CONFIDENCE, attached, with_confidence
+from tface.core.backbone import backbone_info, forward_features
 from tface.core.train import checkpoint
 from tface.core.train.components import build_components
 from tface.core.train.engine import StepEngine
 from tface.core.train.errors import TrainingError
 from tface.core.train.setup import build_training
 from tface.core.train.trainer import Trainer
+from tface.core.weights import load_into
+from tface.methods.vmf import UncertaintyHead
 
 SIDE = 112  # MobileFaceNet's map is 7 x 7 at 112 (the head needs >= 7)
 
@@ -90,6 +94,8 @@ def test_one_step_is_the_vmf_loss_written_out(trained):
     assert {id(p) for g in setup.optimizer.param_groups for p in g["params"]} == trained_params  # the head only
     batch = next(iter(setup.loader))
     total, _ = StepEngine(setup).forward(batch)
+    kappa_of = attached(setup.eval_backbone, CONFIDENCE)  # the run's evaluations see the head as the confidence
+    assert kappa_of is not None and kappa_of.head is setup.method_modules["uncertainty"]
     setup.backbone.eval()
     setup.method_modules.eval()  # BatchNorm in eval below: compare with the head in eval too
     with torch.no_grad():
@@ -120,6 +126,29 @@ def test_scf_trains_only_the_head(trained, tmp_path):
     losses = [float(line.split('"loss": ')[1].split(",")[0])
               for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and losses[1] < losses[0]  # the head learns
+
+    # tface eval --run: a fresh backbone gets the trained head back from last.pt as its confidence
+    plan = ev.plan_run(out, protocol="verification")
+    model = plan.backbone.build("backbone")
+    load_into(model, out / "checkpoints" / "backbone.pt")
+    notes = []
+    ev._attach_method(plan, model, notes.append)
+    assert notes == []
+    head = UncertaintyHead(backbone_info(model).feature_channels, 1.0, 1e5)
+    head.load_state_dict(end["method"]["uncertainty"])
+    x = torch.randn(3, 3, SIDE, SIDE)
+    model.eval()
+    with torch.no_grad():
+        both = with_confidence(model).eval()(x)
+        emb, features = forward_features(model, x)
+        want = head.eval()(features).exp()
+    torch.testing.assert_close(both[:, :-1], emb, rtol=0, atol=0)
+    torch.testing.assert_close(both[:, -1], want, rtol=1e-6, atol=0)
+    # without last.pt: a note, nothing attached, and a protocol that needs it says so by name
+    (out / "checkpoints" / "last.pt").rename(out / "checkpoints" / "moved.pt")
+    fresh = plan.backbone.build("backbone")
+    ev._attach_method(plan, fresh, notes.append)
+    assert len(notes) == 1 and "nothing attached for evaluation" in notes[0] and with_confidence(fresh) is None
 
 
 def test_scf_refuses_an_untrained_model(trained, tmp_path):

@@ -128,6 +128,27 @@ def test_image_features_missing_inputs():
         image_features(RAW, FLIP[:2], FACENESS)
 
 
+@pytest.mark.parametrize("chunk", [1, 16_384])
+def test_image_features_with_confidence_weight_each_unit_view(monkeypatch, chunk):
+    """SCF's pooling: f = κ·raw/‖raw‖ + κ_flip·flip/‖flip‖, then the faceness; a zero view stays zero."""
+    monkeypatch.setattr(ijb_metrics, "_FEATURE_CHUNK_ROWS", chunk)
+    kappa, kappa_flip = np.array([10.0, 2.0, 5.0]), np.array([7.0, 3.0, 1.0])
+    f = image_features(RAW, FLIP, FACENESS, kappa=kappa, kappa_flip=kappa_flip)
+    # row 0: 10·[.6, .8] + 0 = [6, 8], × .5 ; row 1: 2·[1, 0] + 3·[1, 2]/√5, × 2 ; row 2: zeros
+    want = [[3.0, 4.0], [2 * (2 + 3 / math.sqrt(5)), 2 * (6 / math.sqrt(5))], [0.0, 0.0]]
+    np.testing.assert_allclose(f, want, rtol=1e-7)
+    np.testing.assert_allclose(image_features(RAW, kappa=kappa, flip=False, detector=False),
+                               [[6.0, 8.0], [2.0, 0.0], [0.0, 0.0]], rtol=1e-7)
+    with pytest.raises(ValueError, match="norm"):
+        image_features(RAW, FLIP, FACENESS, norm=True, kappa=kappa, kappa_flip=kappa_flip)
+    with pytest.raises(ValueError, match="kappa_flip"):
+        image_features(RAW, FLIP, FACENESS, kappa=kappa)
+    with pytest.raises(ValueError, match=r"kappa must have shape \(3,\)"):
+        image_features(RAW, FLIP, FACENESS, kappa=kappa[:2], kappa_flip=kappa_flip)
+    with pytest.raises(ValueError, match="kappa_flip: confidences must be finite and >= 0"):
+        image_features(RAW, FLIP, FACENESS, kappa=kappa, kappa_flip=np.array([1.0, -1.0, 1.0]))
+
+
 # --------------------------------------------------------------------------------------------------
 # Template pooling and pair scores on a hand-built meta set
 

@@ -480,6 +480,72 @@ def test_other_modes_match_brute_force(ijbc, norm, detector, flip):
         assert r[f"tar@far={far_label(far)} (strict)"] == pytest.approx(100 * brute_strict(labels, scores, far))
 
 
+class MappedPatchModel(PatchModel):
+    """PatchModel offering a feature map: ``[N, 1, 1, 1]`` holding its red asymmetry (the 4th embedding value)."""
+
+    feature_channels = 1
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self(x)
+        return emb, emb[:, 3].reshape(-1, 1, 1, 1)
+
+
+class ExpConfidence(nn.Module):
+    """κ = exp(4 · map): the crop and its mirror (opposite asymmetry) get different confidences."""
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return torch.exp(4.0 * feature_map.flatten(1)[:, 0])
+
+
+def hand_confidence_templates(detector: bool, flip: bool) -> dict[int, np.ndarray]:
+    """SCF's pooling written out: per image Σ over views of κ·unit(view), the faceness, media mean, template
+    sum, L2 norm."""
+    raw, mirror = hand_embeddings()
+    out = {}
+    feats = []
+    for i, row in enumerate(ROWS):
+        f = np.exp(4 * raw[i][3]) * raw[i] / np.linalg.norm(raw[i])
+        if flip:
+            f = f + np.exp(4 * mirror[i][3]) * mirror[i] / np.linalg.norm(mirror[i])
+        feats.append(f * float(np.float32(row[5])) if detector else f)
+    for t in sorted({r[0] for r in ROWS}):
+        total = np.zeros(raw.shape[1])
+        for m in sorted({r[1] for r in ROWS if r[0] == t}):
+            frames = [feats[i] for i, r in enumerate(ROWS) if r[0] == t and r[1] == m]
+            total += sum(frames) / len(frames)
+        out[t] = total / np.linalg.norm(total)
+    return out
+
+
+@pytest.mark.parametrize("detector, flip", [(True, True), (False, False)])
+def test_confidence_pooling_weights_views_by_the_attached_kappa(ijbc, tmp_path, detector, flip):
+    from tface.core.attached import CONFIDENCE, attach
+
+    model = MappedPatchModel()
+    with pytest.raises(ValueError, match=r"confidence = true needs a per-image confidence attached .*scf"):
+        run(ijbc, model, confidence=True)
+    attach(model, CONFIDENCE, ExpConfidence())
+    fars = [1e-3, 0.3, 0.6]
+    (r, n) = run(ijbc, model, confidence=True, detector=detector, flip=flip, fars=fars, identification=True)
+    assert r["mode"] == mode_name(False, detector, flip, True) == f"N0D{int(detector)}F{int(flip)}K1"
+    assert "κ" in r["mode_description"] and n["mode"] == r["mode"]
+    tf = hand_confidence_templates(detector, flip)
+    scores = np.array([float(np.dot(tf[a], tf[b])) for a, b, _ in PAIRS])
+    labels = np.array([label for _, _, label in PAIRS])
+    plain = hand_scores(False, detector, flip)[1]
+    assert np.abs(scores - plain).max() > 1e-3  # the weights change the scores
+    for far in fars:
+        tar, threshold = sk_nearest(labels, scores, far)
+        assert r[f"tar@far={far_label(far)}"] == pytest.approx(100 * tar)
+        assert r["readout"][far_label(far)]["threshold"] == pytest.approx(threshold, abs=1e-6)
+    # the feature cache keys on the confidence too: a confidence run and a plain run keep separate folders
+    IJB(ijbc, cache_dir=tmp_path / "c", confidence=True).evaluate(model, EvalContext())
+    IJB(ijbc, cache_dir=tmp_path / "c").evaluate(model, EvalContext())
+    assert len(list((tmp_path / "c").iterdir())) == 2
+    with pytest.raises(ValueError, match="norm = true would erase the weights"):
+        IJB(ijbc, confidence=True, norm=True)
+
+
 def test_default_fars_and_registry_config(ijbc):
     (r,) = run(ijbc)
     assert [k for k in r if k.startswith("tar@far=") and "strict" not in k] == [

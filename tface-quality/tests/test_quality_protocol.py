@@ -128,6 +128,17 @@ batch_size = 80
         {k: v for k, v in rows[0].items() if k not in ("stage", "step")}
     assert (tmp_path / "eval" / "evrc-evrc-pairs.png").read_bytes().startswith(b"\x89PNG")
 
+    # without `head`: tface eval --run restores the run's head from last.pt (the method's attach_eval)
+    res = CliRunner().invoke(cli, ["eval", "--run", str(tmp_path / "run"), "--device", "cpu", "--output-dir",
+                                   str(tmp_path / "eval2"), "evrc", "--option", f'bins=["{data / "pairs.bin"}"]',
+                                   "--option", f'recognizer={{name="qtoynet", checkpoint="{data / "toynet.pt"}"}}',
+                                   "--option", f"fmrs={list(FMRS)}", "--option", "batch_size=80",
+                                   "--option", "max_ratio=0.5"])
+    assert res.exit_code == 0, res.output
+    [third] = json.loads((tmp_path / "eval2" / "eval-report.json").read_text())["results"]
+    assert {k: third[k] for k in rows[0] if k not in ("stage", "step")} == \
+        {k: v for k, v in rows[0].items() if k not in ("stage", "step")}
+
 
 def test_missing_inputs_and_a_missing_head_are_named(data, tmp_path):
     proto = protocol(bins=[str(tmp_path / "lfw.bin")], head=str(tmp_path / "head.pt"))

@@ -71,6 +71,8 @@ class EvalPlan:
     step: int | None = None
     #: Seeds torch before the backbone is built: the random initialisation of ``checkpoint = None``.
     seed: int = 0
+    #: The run's ``[method]`` (``--run``): what it attaches for evaluation is restored from the run's ``last.pt``.
+    method: Component | None = None
 
 
 @attrs.define
@@ -203,6 +205,7 @@ def plan_run(
         run_dir=run_dir,
         sources=[b.source for b in recipe.data],
         step=_run_step(run_dir) if checkpoint is None else None,
+        method=recipe.method,
     )
 
 
@@ -264,6 +267,35 @@ def _prefixed(name: str, exc: BaseException) -> str:
     return text if text.startswith(f"{name}:") else f"{name}: {text}"
 
 
+def _attach_method(plan: EvalPlan, model: nn.Module, say: Callable[[str], None]) -> None:
+    """Restore what the run's method attaches for evaluation (SCF's confidence), from ``RUN_DIR/checkpoints/last.pt``.
+
+    Only for a method that defines ``attach_eval``. A missing or unreadable ``last.pt`` is a note, not an error:
+    most protocols do not need the attachment, and one that does says so by name.
+    """
+    from tface.core.method import TrainingMethod
+    from tface.core.train.state import LAST
+
+    if plan.method is None or plan.run_dir is None:
+        return
+    method = plan.method.build("method")
+    if getattr(type(method), "attach_eval", TrainingMethod.attach_eval) is TrainingMethod.attach_eval:
+        return
+    last = plan.run_dir / "checkpoints" / LAST
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True).get("method")
+    except (OSError, RuntimeError, ValueError, AttributeError, EOFError) as exc:
+        say(f"note: method {plan.method.name!r}: nothing attached for evaluation, {last} could not be read ({exc})")
+        return
+    if not isinstance(state, dict) or not state:
+        say(f"note: method {plan.method.name!r}: nothing attached for evaluation, {last} holds no method modules")
+        return
+    try:
+        method.attach_eval(model, state)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise EvalError(f"method {plan.method.name!r}: {last}: {exc}") from exc
+
+
 def evaluate(plan: EvalPlan, device: str = "auto", echo: Callable[[str], None] | None = None) -> EvalOutcome:
     """Build the backbone, load the checkpoint, run every protocol, write the reports and plots.
 
@@ -287,6 +319,7 @@ def evaluate(plan: EvalPlan, device: str = "auto", echo: Callable[[str], None] |
             ckpt_step = load_into(model, plan.checkpoint, what=f"backbone {plan.backbone.name!r}").step
         except WeightsError as exc:
             raise EvalError(str(exc)) from exc
+    _attach_method(plan, model, say)
     model.to(dev)
     step = ckpt_step if ckpt_step is not None else (plan.step or 0)
     ctx = EvalContext(device=dev, step=step, provided=_provided(plan.sources, say))

@@ -12,8 +12,8 @@ points a third party uses; a recipe picks another with ``[method] name = "..."``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -80,6 +80,14 @@ class TrainingMethod:
 
     def train_module(self, setup: TrainingSetup) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def attach_eval(self, backbone: nn.Module, state: Mapping[str, Any]) -> None:
+        """Attach to a freshly built ``backbone`` what evaluation uses from this method (:mod:`tface.core.attached`),
+        from ``state``: the run checkpoint's method modules (``checkpoint["method"]``, module name → state_dict).
+
+        ``tface eval --run`` calls it for a run trained with this method, so protocols find the same attachments
+        as during the run (SCF's confidence). The default attaches nothing.
+        """
 
     def __repr__(self) -> str:
         config = getattr(type(self), "Config", None)

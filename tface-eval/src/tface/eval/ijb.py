@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tface.core.attached import with_confidence
 from tface.core.backbone import DEFAULT_MEAN, DEFAULT_STD, backbone_info
 from tface.core.config import option, options
 from tface.core.data.image import normalize
@@ -90,13 +91,20 @@ def _input_description(size: int, mean: Sequence[float], std: Sequence[float]) -
 # Names used in results
 
 
-def mode_name(norm: bool, detector: bool, flip: bool) -> str:
-    """``"N0D1F1"`` style, with ``ijb_evals.py``'s meaning of N (N1 = every image feature L2-normalised)."""
-    return f"N{int(norm)}D{int(detector)}F{int(flip)}"
+def mode_name(norm: bool, detector: bool, flip: bool, confidence: bool = False) -> str:
+    """``"N0D1F1"`` style, with ``ijb_evals.py``'s meaning of N (N1 = every image feature L2-normalised); ``K1``
+    appended for confidence-aware pooling (ours, SCF's)."""
+    return f"N{int(norm)}D{int(detector)}F{int(flip)}" + ("K1" if confidence else "")
 
 
-def mode_description(norm: bool, detector: bool, flip: bool) -> str:
+def mode_description(norm: bool, detector: bool, flip: bool, confidence: bool = False) -> str:
     """The test mode in plain words; the N/D/F label alone is ambiguous across insightface's scripts."""
+    if confidence:
+        views = "κ(crop)·unit(embedding(crop)) + κ(mirror)·unit(embedding(mirror))" if flip else \
+            "κ(crop)·unit(embedding(crop))"
+        weight = "each view L2-normalised and weighted by its confidence κ (SCF)"
+        return "; ".join([f"image feature = {views}", weight,
+                          "scaled by the detector's faceness score" if detector else "faceness ignored"])
     return "; ".join(
         [
             "image feature = embedding(crop) + embedding(mirror)" if flip else "image feature = embedding(crop)",
@@ -365,7 +373,12 @@ class IJB:
         fars: Sequence[float] = option(DEFAULT_FARS, _check_fars),
         # Also run 1:N identification (mixed probes against both galleries; needs the 1:N CSVs in meta/).
         identification: bool = False,
+        # Confidence-aware pooling (SCF): each view's unit embedding weighted by the per-image confidence κ that
+        # the model's training method attached (``[method] name = "scf"``); needs ``norm = false``.
+        confidence: bool = False,
     ):
+        if confidence and norm:
+            raise ValueError("confidence = true weights every image by its κ; norm = true would erase the weights")
         self.config = self.Config(
             root=pathlib.Path(root),
             target=target,
@@ -377,6 +390,7 @@ class IJB:
             cache_dir=None if cache_dir is None else pathlib.Path(cache_dir),
             fars=[float(f) for f in fars],
             identification=identification,
+            confidence=confidence,
         )
         #: Images per cache chunk (a tuning knob, not a recipe option: it never changes results).
         self.cache_chunk = CACHE_CHUNK
@@ -396,24 +410,27 @@ class IJB:
         return meta, ident
 
     def features(
-        self, model: nn.Module, meta: IJBMeta, ctx: EvalContext, identity: Mapping[str, Any] | None = None
+        self, model: nn.Module, meta: IJBMeta, ctx: EvalContext, identity: Mapping[str, Any] | None = None,
+        net: nn.Module | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw embeddings of every image (and mirror), through the cache when ``cache_dir`` is set.
 
-        ``identity`` defaults to a hash of the model's weights plus the data and crop options. Crops are aligned
-        at the backbone's declared ``input_size`` and normalised with its ``mean``/``std``.
+        ``net`` is the module run (default ``model``; with confidence, :class:`~tface.core.attached.WithConfidence`,
+        whose last output column is κ). ``identity`` defaults to a hash of ``net``'s weights plus the data and crop
+        options. Crops are aligned at the backbone's declared ``input_size`` and normalised with its ``mean``/``std``.
         """
         cfg = self.config
         info = backbone_info(model)
+        net = model if net is None else net
         if cfg.cache_dir is not None and identity is None:
             identity = {
-                "model": model_fingerprint(model),
+                "model": model_fingerprint(net),
                 "data": dataset_fingerprint(meta, info.input_size),
                 "flip": cfg.flip,
                 "input": _input_description(info.input_size, info.mean, info.std),
             }
         return extract_features(
-            model,
+            net,
             IJBImages(meta, info.input_size),
             device=ctx.device,
             batch_size=cfg.batch_size,
@@ -433,9 +450,16 @@ class IJB:
     def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
         cfg = self.config
         meta, ident = self.read()
-        raw, raw_flip = self.features(model, meta, ctx)
+        net = self._net(model)
+        raw, raw_flip = self.features(model, meta, ctx, net=net)
+        kappa = kappa_flip = None
+        if cfg.confidence:  # the last column is κ (WithConfidence)
+            kappa, raw = raw[:, -1], raw[:, :-1]
+            if raw_flip is not None:
+                kappa_flip, raw_flip = raw_flip[:, -1], raw_flip[:, :-1]
         feats = image_features(
-            raw, raw_flip, meta.faceness, norm=cfg.norm, detector=cfg.detector, flip=cfg.flip
+            raw, raw_flip, meta.faceness, norm=cfg.norm, detector=cfg.detector, flip=cfg.flip, kappa=kappa,
+            kappa_flip=kappa_flip,
         )
         del raw, raw_flip
         template_ids, template_feats = pool_templates(feats, meta.templates, meta.medias)
@@ -445,12 +469,24 @@ class IJB:
             "protocol": self.name,
             "dataset": meta.dataset,
             "step": ctx.step,
-            "mode": mode_name(cfg.norm, cfg.detector, cfg.flip),
+            "mode": mode_name(cfg.norm, cfg.detector, cfg.flip, cfg.confidence),
         }
         results = [self._verification(head, meta, scores, int(template_ids.size))]
         if ident is not None:
             results.append(self._identification(head, ident, template_ids, template_feats))
         return results
+
+    def _net(self, model: nn.Module) -> nn.Module:
+        """The module to run: ``model``, or with ``confidence`` the model with its attached confidence."""
+        if not self.config.confidence:
+            return model
+        net = with_confidence(model)
+        if net is None:
+            raise ValueError(
+                "ijb: confidence = true needs a per-image confidence attached to the model by its training method "
+                '([method] name = "scf"): evaluate during that run, or with tface eval --run RUN_DIR (which restores '
+                "it from the run's checkpoints/last.pt); none is attached to this model")
+        return net
 
     def _verification(self, head: dict[str, Any], meta: IJBMeta, scores: np.ndarray, templates: int) -> Result:
         cfg = self.config
@@ -458,7 +494,8 @@ class IJB:
         roc = Roc(meta.labels, scores)  # one sort for both read-outs and the curve
         nearest = roc.tar_at_far(fars, readout="nearest")
         strict = roc.tar_at_far(fars, readout="strict")
-        result: Result = {**head, "task": "1:1", "mode_description": mode_description(cfg.norm, cfg.detector, cfg.flip)}
+        result: Result = {**head, "task": "1:1",
+                          "mode_description": mode_description(cfg.norm, cfg.detector, cfg.flip, cfg.confidence)}
         readout: dict[str, dict[str, float]] = {}
         for far in fars:
             key = far_label(far)
@@ -506,7 +543,7 @@ class IJB:
         result: Result = {
             **head,
             "task": "1:N",
-            "mode_description": mode_description(cfg.norm, cfg.detector, cfg.flip),
+            "mode_description": mode_description(cfg.norm, cfg.detector, cfg.flip, cfg.confidence),
         }
         n_probes = int(probe_t.size)
         for k in ranks:

@@ -78,6 +78,8 @@ def image_features(
     norm: bool = False,
     detector: bool = True,
     flip: bool = True,
+    kappa: np.ndarray | None = None,
+    kappa_flip: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-image features for template pooling, in the N/D/F test modes of insightface's IJB scripts.
 
@@ -93,6 +95,11 @@ def image_features(
     Computed in float64 and rounded once to float32 (insightface keeps the faceness product in float64; the
     rounding is ≤ 6e-8 relative, far inside the 1e-6 template-feature agreement the protocol asks for). An
     all-zero image feature stays zero under ``norm`` (insightface would produce NaN).
+
+    **Confidence** (``kappa``, and ``kappa_flip`` with ``flip``; SCF's confidence-aware pooling): every view is
+    L2-normalised and weighted by its own confidence, ``f = κ·raw/‖raw‖ + κ_flip·raw_flip/‖raw_flip‖``, before
+    D. The template sum then is ``Σ κ_i μ_i``, the mean direction of the product of the images' von Mises–Fisher
+    densities (SCF, Li et al. 2021). ``norm`` must be off: it would erase the weights.
     """
     x = np.asarray(raw)
     if x.ndim != 2:
@@ -110,19 +117,45 @@ def image_features(
         s = np.asarray(faceness, dtype=np.float64)
         if s.shape != (x.shape[0],):
             raise ValueError(f"faceness must have shape ({x.shape[0]},), got {s.shape}")
+    k = kf = None
+    if kappa is not None:
+        if norm:
+            raise ValueError("confidence weights (kappa) and norm=True exclude each other: the norm would erase them")
+        k = _confidences(kappa, x.shape[0], "kappa")
+        if xf is not None:
+            if kappa_flip is None:
+                raise ValueError("confidence weights with flip=True need kappa_flip (the mirrors' confidences)")
+            kf = _confidences(kappa_flip, x.shape[0], "kappa_flip")
     out = np.empty(x.shape, dtype=np.float32)
     for a in range(0, x.shape[0], _FEATURE_CHUNK_ROWS):  # bounded float64 temporaries
         b = min(a + _FEATURE_CHUNK_ROWS, x.shape[0])
         f = x[a:b].astype(np.float64)
+        if k is not None:
+            f = _unit(f) * k[a:b, None]
         if xf is not None:
-            f += xf[a:b]
+            f += xf[a:b] if kf is None else _unit(xf[a:b].astype(np.float64)) * kf[a:b, None]
         if norm:
-            n = np.sqrt(np.einsum("ij,ij->i", f, f))
-            np.divide(f, n[:, None], out=f, where=n[:, None] > 0)
+            _unit(f)
         if s is not None:
             f *= s[a:b, None]
         out[a:b] = f
     return out
+
+
+def _confidences(values: np.ndarray, n: int, name: str) -> np.ndarray:
+    k = np.asarray(values, dtype=np.float64)
+    if k.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {k.shape}")
+    if not np.all(np.isfinite(k)) or np.any(k < 0):
+        raise ValueError(f"{name}: confidences must be finite and >= 0")
+    return k
+
+
+def _unit(f: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in place (an all-zero row stays zero)."""
+    n = np.sqrt(np.einsum("ij,ij->i", f, f))
+    np.divide(f, n[:, None], out=f, where=n[:, None] > 0)
+    return f
 
 
 def _segment_sums(src: np.ndarray, index: np.ndarray | None, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -6,15 +6,22 @@ stay frozen: evaluation mode, no gradient, not optimised. An :class:`~tface.meth
 the backbone's last feature map (the backbone contract's ``forward_features``) and predicts log κ; the loss is
 the KL divergence between a Dirac at the image's class centre and the vMF(μ, κ) on the sphere of radius
 ``radius`` (:func:`~tface.methods.vmf.vmf_nll`), averaged per branch. Only the head trains.
+
+For evaluation the head is attached to the backbone as its confidence (:mod:`tface.core.attached`), during the run
+and, from the run's ``last.pt``, in ``tface eval --run``: IJB's ``confidence = true`` pools templates with it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from tface.core.backbone import forward_features
+from tface.core.attached import CONFIDENCE, attach
+from tface.core.backbone import backbone_info, forward_features
 from tface.core.config import option, options
 from tface.core.data.branches import MultiBatch, is_pair_dataset
 from tface.core.method import MethodContext, MethodParts, TrainingMethod
@@ -22,7 +29,7 @@ from tface.core.train.errors import TrainingError
 from tface.core.train.marginsoftmax import BranchOut, build_classifiers
 from tface.methods.vmf import UncertaintyHead, vmf_nll
 
-__all__ = ["SCF", "SCFStep"]
+__all__ = ["SCF", "SCFStep", "Kappa"]
 
 
 @options
@@ -67,7 +74,32 @@ class SCF(TrainingMethod):
         return MethodParts(classifiers=classifiers, modules=nn.ModuleDict({"uncertainty": head}))
 
     def train_module(self, setup) -> nn.Module:  # noqa: ANN001 - TrainingSetup (core's train.setup)
-        return SCFStep(setup.backbone, setup.classifiers, setup.method_modules["uncertainty"], self.radius)
+        head = setup.method_modules["uncertainty"]
+        for backbone in (setup.backbone, setup.eval_backbone):  # the same module unless EMA is on
+            attach(backbone, CONFIDENCE, Kappa(head))
+        return SCFStep(setup.backbone, setup.classifiers, head, self.radius)
+
+    def attach_eval(self, backbone: nn.Module, state: Mapping[str, Any]) -> None:
+        """The trained head from a run checkpoint's ``method.uncertainty``, attached as ``backbone``'s confidence."""
+        channels = backbone_info(backbone).feature_channels
+        if channels is None:
+            raise ValueError("the backbone offers no feature map (feature_channels), which the SCF head reads")
+        if "uncertainty" not in state:
+            raise KeyError(f"no SCF head (method.uncertainty) among the method modules {sorted(state)}")
+        head = UncertaintyHead(channels, self.kappa_min, self.kappa_max)
+        head.load_state_dict(state["uncertainty"])
+        attach(backbone, CONFIDENCE, Kappa(head.eval()))
+
+
+class Kappa(nn.Module):
+    """κ = exp(head(feature map)): the SCF head as the positive per-image confidence core's contract asks for."""
+
+    def __init__(self, head: UncertaintyHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.head(feature_map.float()).exp()
 
 
 class SCFStep(nn.Module):

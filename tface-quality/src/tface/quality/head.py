@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tface.core.attached import attach, attached
 from tface.core.backbone import BackboneInfo, backbone_info, forward_features
 from tface.core.frozen import Frozen
 from tface.core.weights import WeightsError, load_into, read_file, read_weights, strip_wrappers
@@ -63,8 +63,8 @@ class QualityHead(nn.Module):
 
 # --- the head a quality_regression run trains, found from its backbone (in-run evaluation) ---------------
 
-#: backbone -> the head trained with it. Weak keys: a finished run's models are not kept alive.
-_ATTACHED: weakref.WeakKeyDictionary[nn.Module, QualityHead] = weakref.WeakKeyDictionary()
+#: The key the head is attached under (tface.core.attached: weak, outside the backbone, found through wrappers).
+QUALITY = "quality"
 
 
 def attach_head(backbone: nn.Module, head: QualityHead) -> None:
@@ -72,18 +72,13 @@ def attach_head(backbone: nn.Module, head: QualityHead) -> None:
 
     A protocol receives only the backbone; the backbone's own ``state_dict`` and attributes stay untouched.
     """
-    _ATTACHED[backbone] = head
+    attach(backbone, QUALITY, head)
 
 
 def attached_head(model: nn.Module) -> QualityHead | None:
     """The head :func:`attach_head` recorded for ``model`` (or for the module inside a wrapper), else None."""
-    from tface.core.weights import unwrap_model
-
-    for m in (model, unwrap_model(model)):
-        head = _ATTACHED.get(m)
-        if head is not None:
-            return head
-    return None
+    head = attached(model, QUALITY)
+    return head if isinstance(head, QualityHead) else None
 
 
 # --- reading a head -----------------------------------------------------------------------------------------

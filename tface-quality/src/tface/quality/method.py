@@ -11,14 +11,15 @@ No classifier is built.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tface.core.backbone import forward_features
+from tface.core.backbone import backbone_info, forward_features
 from tface.core.config import option, options
 from tface.core.data.branches import MultiBatch, is_pair_dataset
 from tface.core.method import MethodContext, MethodParts, TrainingMethod
@@ -91,6 +92,18 @@ class QualityRegression(TrainingMethod):
         head = QualityHead(ctx.info.feature_channels, self.map_size, self.dropout)
         attach_head(ctx.backbone, head)
         return MethodParts(modules=nn.ModuleDict({HEAD_KEY: head}))
+
+    def attach_eval(self, backbone: nn.Module, state: Mapping[str, Any]) -> None:
+        """The trained head from a run checkpoint's ``method.quality``, attached to ``backbone`` (``tface eval
+        --run``: the ``evrc`` protocol then needs no ``head`` option)."""
+        channels = backbone_info(backbone).feature_channels
+        if channels is None:
+            raise ValueError("the backbone offers no feature map (feature_channels), which the quality head reads")
+        if HEAD_KEY not in state:
+            raise KeyError(f"no quality head (method.{HEAD_KEY}) among the method modules {sorted(state)}")
+        head = QualityHead(channels, self.map_size, self.dropout)
+        head.load_state_dict(state[HEAD_KEY])
+        attach_head(backbone, head.eval())
 
     def train_module(self, setup) -> nn.Module:  # noqa: ANN001 - TrainingSetup (core's train.setup)
         from tface.core.train.engine import autocast

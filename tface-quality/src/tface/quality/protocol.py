@@ -9,9 +9,10 @@ relative AOC.
 Where the quality head comes from: a protocol receives only the run's model, the backbone. ``head`` names a file
 holding the head (a quality_regression run's ``checkpoints/last.pt`` or ``step-N.pt``, whose ``method.quality``
 it reads, a head state_dict, or a TFace SDD-FIQA checkpoint's ``quality.*`` tensors). Unset, the protocol uses the
-head the ``quality_regression`` method registered for that backbone (:func:`tface.quality.head.attach_head`), which
-is how ``[[eval]] name = "evrc"`` in a quality recipe evaluates the model being trained; ``tface eval`` builds a
-fresh backbone and so needs ``head``.
+head the ``quality_regression`` method attached to that backbone (:func:`tface.quality.head.attach_head`), which
+is how ``[[eval]] name = "evrc"`` in a quality recipe evaluates the model being trained, and how ``tface eval --run``
+of such a run finds it (the method's ``attach_eval`` reads it from the run's ``last.pt``); ``tface eval`` of a bare
+checkpoint needs ``head``.
 
 Plots: every result carries its curves (``curves.evrc``, hence in ``report.json``) with a ``plot`` spec (FNMR per
 FMR over the reject ratio), so core's report writer draws ``evrc-evrc-<dataset>.png`` into the run folder (``tface
@@ -199,8 +200,8 @@ class EVRCProtocol:
         head = attached_head(model)
         if head is None:
             raise ValueError("evrc: no quality head for this model: set head = the quality_regression run's "
-                             "checkpoints/last.pt (or a head file); only a model trained in this process by "
-                             "quality_regression brings its own")
+                             "checkpoints/last.pt (or a head file); a model trained by quality_regression brings its "
+                             "own in its run and in `tface eval --run RUN_DIR`")
         return head
 
     def _recognizer(self, device: torch.device) -> nn.Module:
