@@ -267,3 +267,111 @@ def test_pairs_are_two_photos_of_one_identity(tmp_path):
     # a set generated before pair indexes existed gets one derived from its index
     src.paths().pairs.unlink()
     assert len(src.train_dataset()) == 18 and src.paths().pairs.is_file()
+
+
+# --- designed group imbalance (``groups``) ---------------------------------------------------------------------
+
+SHARES = [0.55, 0.25, 0.12, 0.08]
+
+
+def jpeg(img, quality=95):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_ungrouped_key_and_manifest_are_unchanged():
+    src = SynthFaceSource(seed=3, **SMALL)
+    assert src.key == "v1-s3-i6x3-v5p8h0.5-q95"  # existing cache folders keep their names ...
+    assert src._manifest() == {  # ... and stay complete
+        "generator": "synthface", "version": 1, "seed": 3, "identities": 6, "images_per_identity": 3,
+        "val_identities": 5, "val_pairs": 8, "hard_fraction": 0.5, "jpeg_quality": 95, "image_size": 112}
+    assert src.groups is None and src.group_counts() == {} and src.group_bins() == {}
+    with pytest.raises(ValueError, match="no groups .*`groups`"):
+        src.group_of_label(0)
+
+
+def test_groups_write_one_verification_set_per_look(tmp_path):
+    small = {**SMALL, "identities": 8}
+    plain = SynthFaceSource(seed=3, cache_dir=tmp_path, workers=1, **small)
+    src = SynthFaceSource(seed=3, cache_dir=tmp_path, workers=2, groups=SHARES, **small)
+    assert src.key == plain.key + "-g55_25_12_8" and src.folder() != plain.folder()
+    percent = SynthFaceSource(seed=3, groups=[55, 25, 12, 8], **small)  # shares are normalised: one set
+    assert percent.key == src.key and percent._manifest() == src._manifest()
+    # 4 families · shares = 2.2, 1, 0.48, 0.32 → floors 2, 1, 0, 0; the leftover family to C (0.48): A, B, C, A
+    assert [src.group_of_label(i) for i in range(8)] == ["A", "A", "B", "B", "C", "C", "A", "A"]
+    manifest = {**plain._manifest(), "groups": dict(zip("ABCD", SHARES)),
+                "group_identities": {"A": 4, "B": 2, "C": 2, "D": 0}}
+    assert src._manifest() == manifest  # D gets no training identity here, but still its held-out set
+
+    sets = src.eval_sets()
+    folder = src.folder()
+    assert sets == {"verification": {"synthface-val": folder / "synthface-val.bin"},
+                    "rfw": {n: folder / f"group-{n}_test.bin" for n in "ABCD"}}
+    assert list(sets["rfw"]) == ["A", "B", "C", "D"]
+    assert json.loads((folder / "synthface.json").read_text()) == manifest
+    listed = [ln for ln in (folder / "tface-manifest.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert {f"group-{n}_test.bin" for n in "ABCD"} <= set(listed)
+    for n, look in zip("ABCD", synthrender.GROUP_LOOKS):
+        images, issame = read_bin(sets["rfw"][n])
+        assert len(images) == 16 and issame.sum() == 4  # val_pairs pairs, half genuine
+        want = synthrender.verification_pairs(3, 5, 8, 0.5, start=0, stop=1, look=look)[0]
+        assert images[:2] == [jpeg(want[0]), jpeg(want[1])]
+    # the ungrouped held-out set is the plain set's, byte for byte (2 workers, 1 worker)
+    assert sets["verification"]["synthface-val"].read_bytes() == plain.generate().bin.read_bytes()
+
+    ds = src.train_dataset()
+    assert ds.index.labels.tolist() == [i // 3 for i in range(24)]
+    look_c = synthrender.GROUP_LOOKS[2]
+    render = synthrender.render(synthrender.apply_look(synthrender.train_identity(3, 5), look_c),
+                                synthrender.image_rng(3, "train", 5, 0))
+    assert ds.read_image_bytes(15) == jpeg(render)  # identity 5 (family 2: C), photo 0
+    assert ds.read_image_bytes(15) != IndexedTFRecordDataset(plain.generate().index).read_image_bytes(15)
+
+
+def test_group_of_label_rejects_other_labels():
+    src = SynthFaceSource(groups=[1, 1], **SMALL)
+    assert [src.group_of_label(i) for i in range(6)] == ["A", "A", "B", "B", "A", "A"] and src.looks[1].name == "B"
+    with pytest.raises(ValueError, match=r"label 6 is not a training label \(0 .. 5\)"):
+        src.group_of_label(6)
+
+
+@pytest.mark.parametrize("groups, message", [
+    ([], "must list 1 to 4 training shares, one per look (A, B, C, D in order), got []"),
+    ([0.2] * 5, "must list 1 to 4 training shares, one per look (A, B, C, D in order), got [0.2, 0.2, 0.2, 0.2, 0.2]"),
+    ([0.5, -0.5], "every share must be a positive number (they are normalised by their sum), got [0.5, -0.5]"),
+    ([0.5, 0], "every share must be a positive number (they are normalised by their sum), got [0.5, 0]"),
+    ([float("nan")], "every share must be a positive number (they are normalised by their sum), got [nan]"),
+])
+def test_bad_groups_are_named(groups, message):
+    with pytest.raises(ConfigError) as info:
+        SynthFaceSource(groups=groups)
+    assert info.value.problems == [f"groups: {message}"]
+
+
+def test_bad_groups_in_a_recipe_are_named():
+    from tface.core.config import structure
+
+    with pytest.raises(ConfigError) as info:
+        structure(SynthFaceSource.Config, {"groups": [0.5, -0.5]}, "data")
+    assert info.value.problems == ["data.groups: every share must be a positive number (they are normalised by "
+                                   "their sum), got [0.5, -0.5]"]
+    with pytest.raises(ConfigError) as info:
+        structure(SynthFaceSource.Config, {"groups": ["0.5"]}, "data")
+    assert info.value.problems == ['data.groups[0]: expected float, got "0.5"']
+    assert structure(SynthFaceSource.Config, {"groups": [55, 45]}, "data").groups == [55.0, 45.0]
+
+
+def test_cli_synth_groups(tmp_path):
+    out = tmp_path / "out"
+    res = synth(out, "--groups", "0.6,0.4", "--identities", "4")
+    assert res.exit_code == 0, res.output
+    assert (out / "group-A_test.bin").is_file() and (out / "group-B_test.bin").is_file()
+    assert not (out / "group-C_test.bin").exists()
+    assert json.loads((out / "synthface.json").read_text())["group_identities"] == {"A": 2, "B": 2}
+    assert "group A identities" in res.output
+    for value, message in [("0.5,x", "expected comma-separated numbers like 0.55,0.25,0.12,0.08, got '0.5,x'"),
+                           ("1,1,1,1,1", "must list 1 to 4 training shares")]:
+        res = synth(tmp_path / "bad", "--groups", value)
+        assert res.exit_code == 2 and f"Invalid value for '--groups': {message}" in res.output, res.output
+        assert not (tmp_path / "bad").exists()

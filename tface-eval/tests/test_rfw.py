@@ -137,9 +137,10 @@ def test_summary_helpers():
 
 def test_config():
     cfg = structure(RFW.Config, {"root": "data/rfw", "batch_size": 32}, "eval")
-    assert cfg.root == pathlib.Path("data/rfw") and cfg.groups == list(GROUPS) and cfg.flip is True
-    with pytest.raises(ConfigError, match=r"eval\.root: required key is missing"):
-        structure(RFW.Config, {}, "eval")
+    assert cfg.root == pathlib.Path("data/rfw") and cfg.groups is None and cfg.flip is True  # None: GROUPS
+    cfg = structure(RFW.Config, {}, "eval")  # no root: the sets the training data provides
+    assert cfg.root is None and cfg.groups is None
+    assert structure(RFW.Config, {"groups": ["A", "C"]}, "eval").groups == ["A", "C"]
     with pytest.raises(ConfigError, match=r"eval\.groups: at least one group"):
         structure(RFW.Config, {"root": "x", "groups": []}, "eval")
     with pytest.raises(ConfigError, match=r"eval\.groups: groups must be distinct"):
@@ -157,3 +158,71 @@ def test_check_inputs_names_the_missing_root_or_groups(tmp_path):
         f"root: {tmp_path} lacks Caucasian_test.bin, Indian_test.bin (the lower-case spelling is accepted too)"]
     with pytest.raises(FileNotFoundError, match=r"^rfw: .* lacks Caucasian_test.bin, Indian_test.bin"):
         RFW(tmp_path).files()
+
+
+# --- without root: the per-group sets the training data provides (SynthFace with ``groups``) ----------------------
+
+@pytest.fixture
+def provided(tmp_path: pathlib.Path) -> dict[str, dict[str, pathlib.Path]]:
+    """SynthFace-style sets: ``group-<NAME>_test.bin`` for looks A..D, offered as ``ctx.provided["rfw"]``."""
+    errors = {"A": set(), "B": {2}, "C": {0, 7}, "D": {1, 4, 6, 9}}  # 100, 95, 90, 80 %
+    for name, folds in errors.items():
+        write_group(tmp_path / f"group-{name}_test.bin", folds)
+    return {"verification": {"synthface-val": tmp_path / "synthface-val.bin"},
+            "rfw": {name: tmp_path / f"group-{name}_test.bin" for name in errors}}
+
+
+def test_provided_groups_in_their_order_with_the_summary(provided):
+    proto = RFW(image_size=SIZE)
+    assert proto.config.root is None and proto.check_inputs() == []  # the sets may be written during the run
+    results = proto.evaluate(ColourMean(), EvalContext(step=5, provided=provided))
+    assert [r["dataset"] for r in results] == ["A", "B", "C", "D", "RFW"]
+    assert [r["accuracy"] for r in results[:4]] == pytest.approx([100.0, 95.0, 90.0, 80.0], abs=1e-12)
+    assert [r["pairs"] for r in results[:4]] == [20] * 4
+    # mean 91.25; deviations 8.75, 3.75, −1.25, −11.25 → Σ² = 76.5625 + 14.0625 + 1.5625 + 126.5625 = 218.75
+    # (ddof 1 → /3); errors 0, 5, 10, 20: the smallest is 0 while others are not → SER = inf
+    assert results[4]["mean"] == pytest.approx(91.25, abs=1e-12)
+    assert results[4]["std"] == pytest.approx(math.sqrt(218.75 / 3), abs=1e-12)
+    assert results[4]["ser"] == math.inf and results[4]["step"] == 5
+
+
+def test_provided_subset_in_the_order_of_groups(provided):
+    results = RFW(groups=["D", "B"], image_size=SIZE).evaluate(ColourMean(), EvalContext(provided=provided))
+    assert [r["dataset"] for r in results] == ["D", "B", "RFW"]
+    # accuracies 80, 95: mean 87.5, std √((7.5² + 7.5²) / 1) = 7.5·√2, errors 20, 5 → SER 4
+    assert results[2]["mean"] == pytest.approx(87.5, abs=1e-12)
+    assert results[2]["std"] == pytest.approx(7.5 * math.sqrt(2), abs=1e-12)
+    assert results[2]["ser"] == pytest.approx(4.0, abs=1e-12)
+    single = RFW(groups=["C"], image_size=SIZE).evaluate(ColourMean(), EvalContext(provided=provided))
+    assert [(r["dataset"], r["accuracy"]) for r in single] == [("C", pytest.approx(90.0, abs=1e-12))]
+
+
+def test_provided_errors_name_what_is_missing(provided, tmp_path):
+    with pytest.raises(ValueError, match=r"^rfw: groups E, African not provided by the training data "
+                                         r"\(it provides A, B, C, D\); fix `groups` or set `root`$"):
+        RFW(groups=["A", "E", "African"], image_size=SIZE).evaluate(ColourMean(), EvalContext(provided=provided))
+    nothing = "rfw: no groups to evaluate: set `root` .* or train on SynthFace with `groups`"
+    with pytest.raises(ValueError, match=nothing):
+        RFW(image_size=SIZE).evaluate(ColourMean(), EvalContext())
+    with pytest.raises(ValueError, match=nothing):  # a source that offers only verification sets
+        RFW(image_size=SIZE).evaluate(ColourMean(), EvalContext(provided={"verification": provided["verification"]}))
+    (tmp_path / "group-C_test.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"group-C_test.bin \(group 'C'\) does not exist"):
+        RFW(image_size=SIZE).evaluate(ColourMean(), EvalContext(provided=provided))
+
+
+def test_root_wins_over_provided_sets(rfw_root, provided):
+    results = RFW(root=rfw_root, image_size=SIZE).evaluate(ColourMean(), EvalContext(provided=provided))
+    assert [r["dataset"] for r in results] == ["African", "Asian", "Caucasian", "Indian", "RFW"]
+
+
+def test_synthface_groups_feed_the_protocol(tmp_path):
+    """The wiring end to end: SynthFace's ``eval_sets()`` is what a run passes as ``ctx.provided``."""
+    from tface.core.data.synthface import SynthFaceSource
+
+    src = SynthFaceSource(seed=1, identities=4, images_per_identity=1, val_identities=3, val_pairs=10,
+                          image_size=16, workers=1, cache_dir=tmp_path, groups=[0.7, 0.3])
+    results = RFW(image_size=SIZE).evaluate(ColourMean(), EvalContext(provided=src.eval_sets()))
+    assert [r["dataset"] for r in results] == ["A", "B", "RFW"]
+    assert [r["pairs"] for r in results[:2]] == [10, 10]
+    assert results[2]["mean"] == pytest.approx((results[0]["accuracy"] + results[1]["accuracy"]) / 2, abs=1e-12)

@@ -7,6 +7,10 @@ with the ``verification`` machinery: flip test, squared distance of L2-normalise
 CIFP README): the mean of the group accuracies, their sample standard deviation (``ddof = 1``) and the
 skewed error ratio ``SER = max(error) / min(error)`` with ``error = 100 − accuracy``.
 
+Without ``root``, the protocol scores the per-group sets the training data source provides
+(``ctx.provided["rfw"]``): SynthFace with ``groups`` offers one held-out set per synthetic look, so the same
+fairness summary can be computed for a model trained on a CPU, with no download.
+
 TFace's ``test/verification_rfw.py`` is *not* followed where it is wrong:
 
 * its accuracy sweep uses thresholds ``−1 … 1`` against the squared distance (range ``0 … 4``), so only
@@ -58,7 +62,9 @@ def rfw_summary(accuracies: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "std": math.sqrt(var), "ser": skewed_error_ratio(accuracies)}
 
 
-def _groups_valid(_inst: Any, _attr: Any, value: list[str]) -> None:
+def _groups_valid(_inst: Any, _attr: Any, value: list[str] | None) -> None:
+    if value is None:
+        return
     if not value:
         raise ValueError("at least one group is needed")
     if len(set(value)) != len(value):
@@ -77,33 +83,36 @@ class RFW:
 
     def __init__(
         self,
-        # Folder holding ``<Group>_test.bin`` (or the lower-case ``<group>_test.bin``) for every group.
-        root: pathlib.Path,
+        # Folder holding ``<Group>_test.bin`` (or the lower-case ``<group>_test.bin``) for every group. Unset: the
+        # per-group sets the training data provides (SynthFace with ``groups``).
+        root: pathlib.Path | None = None,
         # Images per forward pass.
         batch_size: int = option(64, attrs.validators.gt(0)),
         # Flip test: embed each image and its mirror and add the two embeddings.
         flip: bool = True,
-        # Groups to evaluate; the summary (mean, std, SER) needs at least two.
-        groups: Sequence[str] = option(GROUPS, _groups_valid),
+        # Groups to evaluate, in this order; the summary (mean, std, SER) needs at least two. Unset: with
+        # ``root`` the four RFW groups (GROUPS), without it every provided group in the source's order.
+        groups: Sequence[str] | None = option(None, _groups_valid),
         # Side of the square model input; other crops are resized (short side) and centre-cropped. Unset: the
         # backbone's declared ``input_size`` (a set value must equal it).
         image_size: int | None = option(None, attrs.validators.optional(attrs.validators.gt(0))),
     ):
         self.config = self.Config(
-            root=pathlib.Path(root),
+            root=pathlib.Path(root) if root is not None else None,
             batch_size=batch_size,
             flip=flip,
-            groups=list(groups),
+            groups=list(groups) if groups is not None else None,
             image_size=image_size,
         )
 
     def _find(self) -> tuple[list[tuple[str, pathlib.Path]], str | None]:
         """``(group, file)`` of every group found, and what is missing (None when nothing is)."""
         root = self.config.root
+        assert root is not None
         if not root.is_dir():
             return [], f"root folder {root} does not exist"
         found, missing = [], []
-        for group in self.config.groups:
+        for group in self.config.groups if self.config.groups is not None else GROUPS:
             for name in dict.fromkeys((f"{group}_test.bin", f"{group.lower()}_test.bin")):
                 if (root / name).is_file():
                     found.append((group, root / name))
@@ -114,20 +123,42 @@ class RFW:
             return found, f"{root} lacks {', '.join(missing)} (the lower-case spelling is accepted too)"
         return found, None
 
-    def files(self) -> list[tuple[str, pathlib.Path]]:
-        """``(group, file)`` for every group; raises naming every missing file at once."""
+    def _provided(self, ctx: EvalContext | None) -> list[tuple[str, pathlib.Path]]:
+        """``(group, file)`` from the training data's per-group sets, in their order or the order of ``groups``."""
+        provided = {str(g): pathlib.Path(p) for g, p in ((ctx.provided if ctx else {}).get(self.name) or {}).items()}
+        if not provided:
+            raise ValueError("rfw: no groups to evaluate: set `root` (a folder of <Group>_test.bin files), or train "
+                             "on SynthFace with `groups`, which provides one held-out set per group")
+        names = self.config.groups if self.config.groups is not None else list(provided)
+        missing = [g for g in names if g not in provided]
+        if missing:
+            raise ValueError(f"rfw: groups {', '.join(missing)} not provided by the training data (it provides "
+                             f"{', '.join(provided)}); fix `groups` or set `root`")
+        for group in names:
+            if not provided[group].is_file():
+                raise FileNotFoundError(f"rfw: {provided[group]} (group {group!r}) does not exist")
+        return [(g, provided[g]) for g in names]
+
+    def files(self, ctx: EvalContext | None = None) -> list[tuple[str, pathlib.Path]]:
+        """``(group, file)`` for every group: from ``root`` (raising naming every missing file at once), else
+        from the sets the training data provides in ``ctx``."""
+        if self.config.root is None:
+            return self._provided(ctx)
         found, problem = self._find()
         if problem is not None:
             raise FileNotFoundError(f"rfw: {problem}")
         return found
 
     def check_inputs(self) -> list[str]:
-        """The missing root folder or group files, as ``root: ...``."""
+        """The missing root folder or group files, as ``root: ...`` (none without ``root``: the provided sets may
+        be written during the run)."""
+        if self.config.root is None:
+            return []
         problem = self._find()[1]
         return [] if problem is None else [f"root: {problem}"]
 
     def evaluate(self, model: nn.Module, ctx: EvalContext) -> list[Result]:
-        files = self.files()  # fail before spending time on the first group
+        files = self.files(ctx)  # fail before spending time on the first group
         info = model_input(model, self.config.image_size, self.name)
         results: list[Result] = []
         for group, path in files:

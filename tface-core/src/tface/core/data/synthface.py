@@ -4,12 +4,17 @@ Generation is deterministic in the seed and the sizes, so the cache folder is na
 finding a complete folder (its ``synthface.json`` manifest is written last) reuses it. Rendering is
 split over processes per identity, and each identity's images depend only on ``(seed, identity)``, so
 the bytes do not depend on the number of workers.
+
+``groups`` makes a designed demographic-style imbalance (synthetic looks, not races): training families get
+the looks of :data:`~tface.core.data.synthrender.GROUP_LOOKS` in the given shares, and every look gets its own
+held-out ``group-<NAME>_test.bin``, which the ``rfw`` protocol evaluates per group.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -56,6 +61,18 @@ def _even_pairs(_inst: object, _attr: attrs.Attribute, value: int) -> None:
         raise ValueError(f"must be a positive even number (half genuine, half impostor pairs), got {value}")
 
 
+def _shares(_inst: object, _attr: attrs.Attribute, value: list[float] | None) -> None:
+    if value is None:
+        return
+    looks = ", ".join(look.name for look in synthrender.GROUP_LOOKS)
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= len(synthrender.GROUP_LOOKS):
+        raise ValueError(f"must list 1 to {len(synthrender.GROUP_LOOKS)} training shares, one per look ({looks} "
+                         f"in order), got {value!r}")
+    for share in value:
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share) or share <= 0:
+            raise ValueError(f"every share must be a positive number (they are normalised by their sum), got {value!r}")
+
+
 @attrs.frozen
 class SynthPaths:
     root: Path
@@ -87,19 +104,20 @@ def _jpeg(img: np.ndarray, quality: int, size: int = RENDER_SIZE) -> bytes:
     return buf.getvalue()
 
 
-def _render_identity(args: tuple[int, int, int, int, int, str]) -> list[bytes]:
-    seed, index, count, quality, size, nuisance = args
-    identity = synthrender.train_identity(seed, index)
+def _render_identity(args: tuple[int, int, int, int, int, str, synthrender.GroupLook | None]) -> list[bytes]:
+    seed, index, count, quality, size, nuisance, look = args
+    identity = synthrender.train_identity(seed, index, look)
     level = synthrender.NUISANCE_LEVELS[nuisance]
     return [_jpeg(img, quality, size) for img in synthrender.train_images(seed, index, identity, count, level)]
 
 
-def _render_pairs(args: tuple[int, int, int, float, int, int, int, int, str]) -> list[tuple[bytes, bytes, bool]]:
-    seed, num_identities, num_pairs, hard_fraction, start, stop, quality, size, nuisance = args
+def _render_pairs(args: tuple[int, int, int, float, int, int, int, int, str, synthrender.GroupLook | None]
+                  ) -> list[tuple[bytes, bytes, bool]]:
+    seed, num_identities, num_pairs, hard_fraction, start, stop, quality, size, nuisance, look = args
     level = synthrender.NUISANCE_LEVELS[nuisance]
     return [(_jpeg(a, quality, size), _jpeg(b, quality, size), same)
             for a, b, same in synthrender.verification_pairs(seed, num_identities, num_pairs, hard_fraction,
-                                                             start=start, stop=stop, nuisance=level)]
+                                                             start=start, stop=stop, nuisance=level, look=look)]
 
 
 def write_pair_index(index: Path, out: Path) -> Path:
@@ -145,10 +163,13 @@ class SynthFaceSource(DatasetSource):
                  # "hard": strong nuisance (turns, occluders, harsh light, blur, noise) on the same identities
                  nuisance: Literal["normal", "hard"] = "normal",
                  # train on positive pairs (two photos of one identity) instead of single photos: a pair branch
-                 pairs: bool = False):
+                 pairs: bool = False,
+                 # training shares of the first len(groups) looks A, B, C, D (normalised by their sum), e.g.
+                 # [0.55, 0.25, 0.12, 0.08]; each look also gets a held-out group-<NAME>_test.bin for ``rfw``
+                 groups: list[float] | None = option(None, _shares)):
         problems = self.problems(seed=seed, identities=identities, images_per_identity=images_per_identity,
                                  val_identities=val_identities, val_pairs=val_pairs, hard_fraction=hard_fraction,
-                                 workers=workers, jpeg_quality=jpeg_quality, image_size=image_size)
+                                 workers=workers, jpeg_quality=jpeg_quality, image_size=image_size, groups=groups)
         if nuisance not in synthrender.NUISANCE_LEVELS:
             problems.append(("nuisance", f"must be one of {', '.join(synthrender.NUISANCE_LEVELS)}, got {nuisance!r}"))
         if problems:
@@ -160,6 +181,40 @@ class SynthFaceSource(DatasetSource):
         self.jpeg_quality = jpeg_quality
         self.image_size = image_size
         self.nuisance, self.pairs = nuisance, pairs
+        # Normalised, and rounded so that [55, 25, 12, 8] and [0.55, 0.25, 0.12, 0.08] are one set (one folder).
+        total = math.fsum(groups) if groups is not None else 0.0
+        self.groups: list[float] | None = None if groups is None else [round(g / total, 12) for g in groups]
+        self._family_groups: list[int] | None = None
+
+    @property
+    def looks(self) -> list[synthrender.GroupLook]:
+        """The looks of this set (the first ``len(groups)`` of ``GROUP_LOOKS``); empty without ``groups``."""
+        return list(synthrender.GROUP_LOOKS[:len(self.groups)]) if self.groups is not None else []
+
+    def _look_of(self, label: int) -> synthrender.GroupLook | None:
+        if self.groups is None:
+            return None
+        if self._family_groups is None:
+            families = -(-self.identities // synthrender.FAMILY)
+            self._family_groups = synthrender.group_of_families(families, self.groups)
+        return self.looks[self._family_groups[label // synthrender.FAMILY]]
+
+    def group_of_label(self, label: int) -> str:
+        """The look name (``"A"`` ...) of training label ``label``: siblings share their family's look."""
+        if self.groups is None:
+            raise ValueError("group_of_label: this SynthFace set has no groups (set the `groups` option)")
+        if not 0 <= label < self.identities:
+            raise ValueError(f"group_of_label: label {label} is not a training label (0 .. {self.identities - 1})")
+        look = self._look_of(label)
+        assert look is not None
+        return look.name
+
+    def group_counts(self) -> dict[str, int]:
+        """Training identities per look, in look order (a look can get none when ``identities`` is small)."""
+        counts = {look.name: 0 for look in self.looks}
+        for label in range(self.identities if self.groups is not None else 0):
+            counts[self.group_of_label(label)] += 1
+        return counts
 
     @property
     def key(self) -> str:
@@ -167,7 +222,9 @@ class SynthFaceSource(DatasetSource):
         return (f"v{synthrender.VERSION}-s{self.seed}-i{self.identities}x{self.images_per_identity}"
                 f"-v{self.val_identities}p{self.val_pairs}h{self.hard_fraction:g}-q{self.jpeg_quality}"
                 + (f"-r{self.image_size}" if self.image_size != RENDER_SIZE else "")
-                + (f"-n{self.nuisance}" if self.nuisance != "normal" else ""))
+                + (f"-n{self.nuisance}" if self.nuisance != "normal" else "")
+                # percent shares joined by "_" (never part of a number), e.g. -g55_25_12_8
+                + ("-g" + "_".join(f"{100 * g:g}" for g in self.groups) if self.groups is not None else ""))
 
     def folder(self) -> Path:
         return (self.cache_dir if self.cache_dir is not None else default_cache_root() / "synthface") / self.key
@@ -178,11 +235,18 @@ class SynthFaceSource(DatasetSource):
                 "val_identities": self.val_identities, "val_pairs": self.val_pairs,
                 "hard_fraction": self.hard_fraction, "jpeg_quality": self.jpeg_quality,
                 "image_size": self.image_size,
-                **({"nuisance": self.nuisance} if self.nuisance != "normal" else {})}
+                **({"nuisance": self.nuisance} if self.nuisance != "normal" else {}),
+                **({"groups": dict(zip([look.name for look in self.looks], self.groups)),
+                    "group_identities": self.group_counts()} if self.groups is not None else {})}
 
     def paths(self, root: Path | None = None) -> SynthPaths:
         root = root or self.folder()
         return SynthPaths(root, root / f"{RECORD_NAME}.txt", root / f"{RECORD_NAME}-val.bin")
+
+    def group_bins(self, root: Path | None = None) -> dict[str, Path]:
+        """Look name -> its held-out ``group-<NAME>_test.bin`` (the ``rfw`` naming); empty without ``groups``."""
+        root = root or self.folder()
+        return {look.name: root / f"group-{look.name}_test.bin" for look in self.looks}
 
     def is_complete(self, root: Path | None = None) -> bool:
         manifest = (root or self.folder()) / MANIFEST
@@ -222,25 +286,30 @@ class SynthFaceSource(DatasetSource):
                 tmp = output.path
                 with ShardWriter(tmp, RECORD_NAME) as writer:
                     jobs = [(self.seed, i, self.images_per_identity, self.jpeg_quality, self.image_size,
-                             self.nuisance) for i in range(self.identities)]
+                             self.nuisance, self._look_of(i)) for i in range(self.identities)]
                     for label, images in enumerate(self._map(pool, _render_identity, jobs)):
                         for data in images:
                             writer.add(data, label)
-                chunk = max(2, self.val_pairs // (4 * self.workers))
+                # the ungrouped held-out set, then one per look: one job list, so every worker stays busy
+                sets: list[synthrender.GroupLook | None] = [None, *self.looks]
+                chunk = max(2, len(sets) * self.val_pairs // (4 * self.workers))
                 jobs = [(self.seed, self.val_identities, self.val_pairs, self.hard_fraction, s,
-                         min(s + chunk, self.val_pairs), self.jpeg_quality, self.image_size, self.nuisance)
-                        for s in range(0, self.val_pairs, chunk)]
-                pairs: list[bytes] = []
-                issame: list[bool] = []
-                for part in self._map(pool, _render_pairs, jobs):
+                         min(s + chunk, self.val_pairs), self.jpeg_quality, self.image_size, self.nuisance, look)
+                        for look in sets for s in range(0, self.val_pairs, chunk)]
+                pairs: dict[str | None, list[bytes]] = {None if look is None else look.name: [] for look in sets}
+                issame: dict[str | None, list[bool]] = {name: [] for name in pairs}
+                for job, part in zip(jobs, self._map(pool, _render_pairs, jobs)):
+                    name = None if job[-1] is None else job[-1].name
                     for a, b, same in part:
-                        pairs += [a, b]
-                        issame.append(same)
+                        pairs[name] += [a, b]
+                        issame[name].append(same)
             finally:
                 if pool is not None:
                     pool.close()
                     pool.join()
-            write_bin(self.paths(tmp).bin, pairs, issame)
+            write_bin(self.paths(tmp).bin, pairs[None], issame[None])
+            for name, path in self.group_bins(tmp).items():
+                write_bin(path, pairs[name], issame[name])
             write_pair_index(self.paths(tmp).index, self.paths(tmp).pairs)
             atomic_write_bytes(tmp / MANIFEST, (json.dumps(self._manifest(), indent=2) + "\n").encode())
             if self.is_complete(final):
@@ -256,5 +325,10 @@ class SynthFaceSource(DatasetSource):
         return PairTFRecordDataset(paths.pairs, paths.root, transform=transform)
 
     def eval_sets(self) -> dict[str, dict[str, Path]]:
+        """The ungrouped held-out set for ``verification``; with ``groups``, also each look's set for ``rfw``."""
         name = "synthface-val" if self.nuisance == "normal" else f"synthface-{self.nuisance}-val"
-        return {"verification": {name: self.generate().bin}}
+        paths = self.generate()
+        sets: dict[str, dict[str, Path]] = {"verification": {name: paths.bin}}
+        if self.groups is not None:
+            sets["rfw"] = self.group_bins(paths.root)
+        return sets

@@ -5,6 +5,10 @@ This is the embedded default training set: nothing is downloaded, every byte fol
 marks); :func:`render` draws one photo of it, with its own random nuisance (pose, expression, lighting,
 background, occluders, blur, noise), so a model has to learn *who* it is, not *how* it was shot.
 
+:data:`GROUP_LOOKS` are synthetic demographic-style groups (narrowed skin and hair colour ranges, smaller
+faces), not races: :func:`apply_look` puts an identity into one, :func:`group_of_families` plans an
+imbalanced training set, and the ``look`` argument of the pair functions renders per-group held-out pairs.
+
 Identity differences are deliberately partly subtle (feature geometry, marks, texture) and the nuisance
 deliberately strong in global colour and brightness, so an untrained network's colour and layout
 statistics score near chance while a trained one verifies well. Sibling identities (:func:`sibling`)
@@ -35,6 +39,10 @@ __all__ = [
     "NUISANCE_LEVELS",
     "PARAMS",
     "FAMILY_TRAITS",
+    "GroupLook",
+    "GROUP_LOOKS",
+    "apply_look",
+    "group_of_families",
     "sample_identity",
     "sibling",
     "identity_vector",
@@ -173,6 +181,7 @@ class Identity:
     moles: tuple[tuple[float, float, float, float], ...]  # (x, y, radius, darkness) in 112-px face units
     texture_seed: int  # skin noise pattern
     freckle_seed: int
+    scale: float = 1.0  # size of the face in the photo (multiplies the pose scale); a group look sets it
 
     def __getattr__(self, name: str) -> float:
         # Named access to the continuous parameters: ``identity.eye_dx``.
@@ -243,7 +252,90 @@ def sibling(base: Identity, rng: np.random.Generator, closeness: float) -> Ident
         moles=tuple(moles[:_MAX_MOLES]),
         texture_seed=base.texture_seed if keep[2] else other.texture_seed,
         freckle_seed=base.freckle_seed if keep[3] else other.freckle_seed,
+        scale=base.scale,
     )
+
+
+def _tone_range(_inst: object, attr: attrs.Attribute, value: tuple[float, float]) -> None:
+    lo, hi = value
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"{attr.name} must be a range (lo, hi) with 0 <= lo <= hi <= 1, got {value}")
+
+
+def _positive(_inst: object, attr: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attr.name} must be > 0, got {value}")
+
+
+@attrs.frozen
+class GroupLook:
+    """A synthetic demographic-style group: where its skin and hair tones lie and how large its faces are.
+
+    Looks are rendering parameters, not races. A narrower tone range leaves less colour to tell two members
+    apart, and a smaller face (``scale`` < 1) fewer pixels for the features, so such a group is designed to be
+    harder: a designed imbalance for fairness experiments (``skin_tone``/``hair_tone`` in the units of
+    :data:`PARAMS`, 0 light ... 1 dark skin, 0 black ... 1 grey hair).
+    """
+
+    name: str
+    skin_tone: tuple[float, float] = attrs.field(validator=_tone_range)
+    hair_tone: tuple[float, float] = attrs.field(validator=_tone_range)
+    scale: float = attrs.field(default=1.0, validator=_positive)
+
+
+#: The four looks SynthFace's ``groups`` option draws on, in order. C and D have narrower colour ranges and
+#: smaller faces than A and B, so they are designed to be harder to verify.
+GROUP_LOOKS: tuple[GroupLook, ...] = (
+    GroupLook("A", skin_tone=(0.0, 0.35), hair_tone=(0.3, 1.0), scale=1.0),
+    GroupLook("B", skin_tone=(0.3, 0.6), hair_tone=(0.0, 0.6), scale=0.95),
+    GroupLook("C", skin_tone=(0.55, 0.8), hair_tone=(0.0, 0.35), scale=0.9),
+    GroupLook("D", skin_tone=(0.8, 1.0), hair_tone=(0.0, 0.2), scale=0.85),
+)
+
+
+def apply_look(identity: Identity, look: GroupLook) -> Identity:
+    """``identity`` as a member of ``look``: skin and hair tone mapped affinely from their :data:`PARAMS` range
+    into the look's range, and the look's face scale.
+
+    Affine, so a sibling pair stays relatively as close as before (in a narrower range, absolutely closer);
+    every other trait is unchanged.
+    """
+    values = list(identity.values)
+    for name, (lo, hi) in (("skin_tone", look.skin_tone), ("hair_tone", look.hair_tone)):
+        p_lo, p_hi = PARAMS[name]
+        i = _INDEX[name]
+        values[i] = lo + (values[i] - p_lo) / (p_hi - p_lo) * (hi - lo)
+    return attrs.evolve(identity, values=tuple(values), scale=float(look.scale))
+
+
+def group_of_families(num_families: int, shares: list[float] | tuple[float, ...]) -> list[int]:
+    """The group index (into ``shares``) of each of ``num_families`` training families.
+
+    Counts are exact: share ``s_g / sum(s)`` of the families by largest remainder (the leftover families go
+    to the largest fractional parts; parts equal to 9 decimals, float noise, are ties, won by the earlier
+    group). The order interleaves the groups so every
+    prefix of the identities is mixed: family ``f`` goes to the group, among those with quota left, whose
+    ``(assigned + 0.5) / quota`` is least (Sainte-Laguë order; ties to the earlier group).
+    """
+    if num_families < 0:
+        raise ValueError(f"num_families must be >= 0, got {num_families}")
+    if not shares or not all(math.isfinite(s) and s > 0 for s in shares):
+        raise ValueError(f"shares must be one or more positive numbers, got {list(shares)}")
+    total = math.fsum(shares)
+    exact = [s / total * num_families for s in shares]
+    quota = [math.floor(e + 1e-9) for e in exact]  # 2.9999999999999996 families is 3
+    rest = [round(e - q, 9) for e, q in zip(exact, quota)]
+    by_remainder = sorted(range(len(shares)), key=lambda g: (-rest[g], g))
+    for g in by_remainder[: num_families - sum(quota)]:
+        quota[g] += 1
+    assigned = [0] * len(shares)
+    out = []
+    for _ in range(num_families):
+        g = min((g for g in range(len(shares)) if assigned[g] < quota[g]),
+                key=lambda g: ((assigned[g] + 0.5) / quota[g], g))
+        assigned[g] += 1
+        out.append(g)
+    return out
 
 
 def identity_vector(identity: Identity) -> np.ndarray:
@@ -619,9 +711,10 @@ def render(identity: Identity, rng: np.random.Generator, size: int = 112,
     """
     nz = nuisance
     face, yaw = _face_canvas(identity, rng, nz)
-    # pose: output pixel -> canonical frame (inverse affine), with a yaw-like horizontal compression
+    # pose: output pixel -> canonical frame (inverse affine), with a yaw-like horizontal compression; the
+    # identity's own scale (1.0 unless a group look set it) shrinks the face about the image centre
     ang = math.radians(float(np.clip(rng.normal(0, nz.roll_deg), -15, 15)))
-    scale = float(rng.uniform(1 - nz.scale, 1 + nz.scale)) * size / _N
+    scale = float(rng.uniform(1 - nz.scale, 1 + nz.scale)) * identity.scale * size / _N
     sx = scale * (1 - 0.12 * abs(yaw))
     sy = scale * float(rng.uniform(0.96, 1.04))
     tx, ty = rng.normal(0, nz.shift, 2) * size / _N
@@ -710,14 +803,27 @@ TRAIN_CLOSENESS = (0.3, 0.6)
 VAL_CLOSENESS = 0.3
 
 
-def train_identity(seed: int, index: int) -> Identity:
-    """Training identity ``index``; depends only on ``(seed, index)``, so processes can split the work."""
+def _split(split: str, look: GroupLook | None) -> str:
+    """A group's own split name (``val/C``): its held-out identities and pairs never share a stream."""
+    return split if look is None else f"{split}/{look.name}"
+
+
+def _in_look(identity: Identity, look: GroupLook | None) -> Identity:
+    return identity if look is None else apply_look(identity, look)
+
+
+def train_identity(seed: int, index: int, look: GroupLook | None = None) -> Identity:
+    """Training identity ``index``; depends only on ``(seed, index)``, so processes can split the work.
+
+    With ``look`` it is the same identity put into that group (:func:`apply_look`); a grouped set gives
+    every identity of a family its family's look, so siblings share a group.
+    """
     head = index - index % FAMILY
     base = sample_identity(identity_rng(seed, "train", head))
     if index == head:
-        return base
+        return _in_look(base, look)
     rng = identity_rng(seed, "train", index)
-    return sibling(base, rng, float(rng.uniform(*TRAIN_CLOSENESS)))
+    return _in_look(sibling(base, rng, float(rng.uniform(*TRAIN_CLOSENESS))), look)
 
 
 def train_identities(seed: int, n: int) -> list[Identity]:
@@ -742,17 +848,18 @@ class PairSpec:
     b: int  # second identity: a held-out index, or -1 for a sibling of ``a`` (hard impostor)
 
 
-def pair_specs(seed: int, num_identities: int, num_pairs: int, hard_fraction: float = 0.5) -> list[PairSpec]:
+def pair_specs(seed: int, num_identities: int, num_pairs: int, hard_fraction: float = 0.5,
+               look: GroupLook | None = None) -> list[PairSpec]:
     """The plan of the verification pairs: exactly half genuine, and ``hard_fraction`` of the impostors
     (rounded) against a sibling of the first identity; genuine and impostor pairs are interleaved in a
-    seeded order."""
+    seeded order. A ``look`` plans its group's own set (split ``val-pairs/<name>``)."""
     if num_pairs % 2:
         raise ValueError(f"num_pairs must be even, got {num_pairs}")
     if num_identities < 2:
         raise ValueError("need at least 2 held-out identities")
     half = num_pairs // 2
     n_hard = int(round(hard_fraction * half))
-    rng = identity_rng(seed, "val-pairs", 0)
+    rng = identity_rng(seed, _split("val-pairs", look), 0)
     kinds = np.array([0] * half + [1] * n_hard + [2] * (half - n_hard))  # 0 genuine, 1 hard, 2 easy impostor
     kinds = kinds[rng.permutation(num_pairs)]
     specs = []
@@ -769,28 +876,36 @@ def pair_specs(seed: int, num_identities: int, num_pairs: int, hard_fraction: fl
     return specs
 
 
-def _val_identity(seed: int, index: int) -> Identity:
-    return sample_identity(identity_rng(seed, "val", index))
+def _val_identity(seed: int, index: int, look: GroupLook | None = None) -> Identity:
+    """Held-out identity ``index``, *before* a look is applied (a sibling is drawn from the plain one)."""
+    return sample_identity(identity_rng(seed, _split("val", look), index))
 
 
-def render_pair(seed: int, spec: PairSpec, nuisance: Nuisance = NUISANCE) -> tuple[np.ndarray, np.ndarray, bool]:
-    """The two images of one planned pair; depends only on ``(seed, spec)``."""
-    first = _val_identity(seed, spec.a)
+def render_pair(seed: int, spec: PairSpec, nuisance: Nuisance = NUISANCE,
+                look: GroupLook | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The two images of one planned pair; depends only on ``(seed, spec, look)``.
+
+    With ``look`` both identities (a sibling included) come from the group's own streams and are put into the
+    look after the sibling is drawn, so a sibling impostor is as close as in the ungrouped set.
+    """
+    first = _val_identity(seed, spec.a, look)
     if spec.b == -1:
-        second = sibling(first, identity_rng(seed, "val-sibling", spec.index), VAL_CLOSENESS)
+        second = sibling(first, identity_rng(seed, _split("val-sibling", look), spec.index), VAL_CLOSENESS)
     else:
-        second = first if spec.b == spec.a else _val_identity(seed, spec.b)
-    return (render(first, image_rng(seed, "val-pairs", spec.index, 0), nuisance=nuisance),
-            render(second, image_rng(seed, "val-pairs", spec.index, 1), nuisance=nuisance), spec.same)
+        second = first if spec.b == spec.a else _val_identity(seed, spec.b, look)
+    split = _split("val-pairs", look)
+    return (render(_in_look(first, look), image_rng(seed, split, spec.index, 0), nuisance=nuisance),
+            render(_in_look(second, look), image_rng(seed, split, spec.index, 1), nuisance=nuisance), spec.same)
 
 
 def verification_pairs(seed: int, num_identities: int, num_pairs: int, hard_fraction: float = 0.5,
-                       start: int = 0, stop: int | None = None,
-                       nuisance: Nuisance = NUISANCE) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+                       start: int = 0, stop: int | None = None, nuisance: Nuisance = NUISANCE,
+                       look: GroupLook | None = None) -> list[tuple[np.ndarray, np.ndarray, bool]]:
     """Verification pairs ``start:stop`` over held-out identities (disjoint streams from training).
 
     Pair ``k`` becomes images ``2k`` and ``2k + 1`` of a ``.bin`` file. Any slice gives the same pairs as
-    the matching slice of the whole list, so the work splits across processes.
+    the matching slice of the whole list, so the work splits across processes. ``look``: the held-out set
+    of that group (its own identities, plan and photos; None is the ungrouped set).
     """
-    specs = pair_specs(seed, num_identities, num_pairs, hard_fraction)[start:stop]
-    return [render_pair(seed, s, nuisance) for s in specs]
+    specs = pair_specs(seed, num_identities, num_pairs, hard_fraction, look)[start:stop]
+    return [render_pair(seed, s, nuisance, look) for s in specs]

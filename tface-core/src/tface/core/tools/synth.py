@@ -10,6 +10,17 @@ import click
 from tface.core.tools.common import summary
 
 
+def _shares(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    """``0.55,0.25,0.12,0.08`` -> floats; their range is SynthFace's to check (one message for recipe and CLI)."""
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers like 0.55,0.25,0.12,0.08, got {value!r}",
+                                 ctx, param) from None
+
+
 @click.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Everything is derived from this seed.")
@@ -19,12 +30,15 @@ from tface.core.tools.common import summary
 @click.option("--val-pairs", default=None, type=int, help="Verification pairs (half genuine).")
 @click.option("--image-size", default=None, type=int,
               help="Side of the stored crops (default 112; smaller sides are area-downsampled from 112).")
+@click.option("--groups", default=None, callback=_shares, metavar="SHARES",
+              help="Training shares of the looks A,B,C,D (1 to 4, comma-separated, normalised), e.g. "
+                   "0.55,0.25,0.12,0.08; each look also gets a held-out group-<NAME>_test.bin.")
 @click.option("--workers", default=0, show_default=True, type=int, help="Processes (0 = one per CPU core).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty OUT_DIR: replaces the files tface wrote there, keeps all others.")
 def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_identity: int | None,
-              val_identities: int | None, val_pairs: int | None, image_size: int | None, workers: int,
-              overwrite: bool) -> None:
+              val_identities: int | None, val_pairs: int | None, image_size: int | None,
+              groups: list[float] | None, workers: int, overwrite: bool) -> None:
     """Generate a SynthFace data set: TFRecord shards + index, and a verification .bin.
 
     OUT_DIR must be new or empty (or already hold this very set, which is then reused); --overwrite
@@ -35,7 +49,7 @@ def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_ident
 
     opts = {k: v for k, v in {"identities": identities, "images_per_identity": images_per_identity,
                               "val_identities": val_identities, "val_pairs": val_pairs,
-                              "image_size": image_size}.items() if v is not None}
+                              "image_size": image_size, "groups": groups}.items() if v is not None}
     for key, message in SynthFaceSource.problems(seed=seed, workers=workers, **opts):
         raise click.BadParameter(message, param_hint=f"'--{key.replace('_', '-')}'")
     source = SynthFaceSource(seed=seed, cache_dir=out_dir, workers=workers, **opts)
@@ -52,4 +66,6 @@ def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_ident
         ("identities", source.identities),
         ("images", source.identities * source.images_per_identity),
         ("verification pairs", source.val_pairs),
+        *[(f"group {name} identities", count) for name, count in source.group_counts().items()],
+        *([("pairs per group", source.val_pairs)] if source.groups is not None else []),
     ])
