@@ -335,6 +335,41 @@ def eval_cmd(protocol: str | None, run_dir: Path | None, backbone: str | None, c
     click.echo(markdown_table(outcome.results).rstrip())
 
 
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--label", "labels", multiple=True,
+              help="Row name of each run, in order (repeat once per RUN_DIR; default: the folder names).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write compare.md, compare.json and the plots (one line per run) into this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier comparison in --output-dir (only its files).")
+def compare_cmd(run_dirs: tuple[Path, ...], labels: tuple[str, ...], output_dir: Path | None,
+                overwrite: bool) -> None:
+    """Compare finished runs: `tface compare RUN_A RUN_B`. Prints their last evaluation side by side (benchmark
+    table, per-group accuracy with mean/std/SER for RFW-style protocols, every protocol's results)."""
+    from tface.core.compare import CompareError, compare_markdown, final_results, write_comparison
+    from tface.core.outdir import OutputExistsError
+
+    if labels and len(labels) != len(run_dirs):
+        raise click.UsageError(f"--label: give one per RUN_DIR ({len(run_dirs)}), got {len(labels)}")
+    names = list(labels) or [d.resolve().name for d in run_dirs]
+    if len(set(names)) != len(names):
+        raise click.UsageError(f"two runs would share a row name ({', '.join(names)}); name them with --label")
+    try:
+        results = [r for d, name in zip(run_dirs, names) for r in final_results(d, name)]
+    except CompareError as exc:
+        raise click.ClickException(str(exc)) from exc
+    runs = [str(d) for d in run_dirs]
+    if output_dir is not None:
+        try:
+            files, note = write_comparison(output_dir, results, runs, overwrite=overwrite)
+        except OutputExistsError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"wrote {', '.join(str(f) for f in files)}", err=True)
+        if note:
+            click.echo(note, err=True)
+    click.echo(compare_markdown(results, runs).rstrip())
+
+
 #: ``tface data`` sub-commands: name -> "module:click command", imported only when that command runs.
 DATA_COMMANDS = {
     "pack": "tface.core.tools.pack:pack_cmd",
