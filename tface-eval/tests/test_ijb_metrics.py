@@ -321,6 +321,34 @@ def test_one_roc_serves_every_readout():
         Roc(np.array([], dtype=int), np.array([]))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_roc_sorts_in_place_on_several_cores_with_the_same_results(monkeypatch, threads):
+    """``overwrite=True`` sorts the caller's scores in place; the parallel sort (partition at quantiles, pieces
+    sorted in threads) gives np.sort's array, ties across the cuts included; every read-out is unchanged."""
+    monkeypatch.setattr(ijb_metrics, "_PARALLEL_SORT_MIN", 16)
+    monkeypatch.setattr(ijb_metrics, "_threads", lambda: threads)
+    rng = np.random.default_rng(3)
+    labels = (rng.random(5000) < 0.05).astype(int)
+    scores = np.round(rng.standard_normal(5000) + 2.5 * labels, 1)  # heavy ties
+    want = Roc(labels, scores.copy())
+    mine = scores.copy()
+    roc = Roc(labels, mine, overwrite=True)
+    np.testing.assert_array_equal(mine, np.sort(scores))  # the caller's array is the sorted one now
+    assert roc._sorted is mine
+    for got, exp in zip(roc.curve(), sk_roc_curve(labels, scores)):
+        np.testing.assert_array_equal(got, exp)
+    for readout in ("nearest", "strict"):
+        assert roc.tar_at_far((1e-3, 1e-2, 0.1), readout) == want.tar_at_far((1e-3, 1e-2, 0.1), readout)
+    # without overwrite (and for arrays it may not sort: float32, read-only) the caller's array is left alone
+    for other in (scores.astype(np.float32), np.lib.stride_tricks.as_strided(scores, writeable=False)):
+        before = other.copy()
+        Roc(labels, other, overwrite=True)
+        np.testing.assert_array_equal(other, before)
+    kept = scores.copy()
+    Roc(labels, kept)
+    np.testing.assert_array_equal(kept, scores)
+
+
 def test_roc_curve_rejects_bad_input():
     with pytest.raises(ValueError, match="binary"):
         roc_curve(np.array([0, 2]), np.array([0.1, 0.2]))

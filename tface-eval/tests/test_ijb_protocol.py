@@ -451,13 +451,13 @@ def test_one_roc_gives_both_readouts_and_the_curve(ijbc, monkeypatch):
     built = []
 
     class CountingRoc(ijb.Roc):
-        def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
-            built.append(len(scores))
-            super().__init__(labels, scores)
+        def __init__(self, labels: np.ndarray, scores: np.ndarray, *, overwrite: bool = False) -> None:
+            built.append((len(scores), overwrite))
+            super().__init__(labels, scores, overwrite=overwrite)
 
     monkeypatch.setattr(ijb, "Roc", CountingRoc)
     (r,) = run(ijbc, fars=[0.1, 0.45])
-    assert built == [len(PAIRS)]
+    assert built == [(len(PAIRS), True)]  # the protocol lets it sort the scores in place (it needs no copy)
     labels, scores = hand_scores(norm=False, detector=True, flip=True)
     fpr, tpr = downsample_roc(*sk_roc_curve(labels, scores)[:2])
     assert r["curves"]["roc"] == {"fpr": fpr.tolist(), "tpr": tpr.tolist()}

@@ -491,7 +491,7 @@ class IJB:
     def _verification(self, head: dict[str, Any], meta: IJBMeta, scores: np.ndarray, templates: int) -> Result:
         cfg = self.config
         fars = list(cfg.fars)
-        roc = Roc(meta.labels, scores)  # one sort for both read-outs and the curve
+        roc = Roc(meta.labels, scores, overwrite=True)  # one sort (of scores itself) for every read-out and the curve
         nearest = roc.tar_at_far(fars, readout="nearest")
         strict = roc.tar_at_far(fars, readout="strict")
         result: Result = {**head, "task": "1:1",
