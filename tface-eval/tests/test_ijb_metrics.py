@@ -190,8 +190,11 @@ def test_score_pairs_hand_computed():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
-def test_pool_templates_matches_loops(monkeypatch, chunk):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_pool_templates_matches_loops(monkeypatch, chunk, threads):
+    """Chunks of templates, pooled one after another or on several threads, equal the loops."""
     monkeypatch.setattr(ijb_metrics, "_POOL_CHUNK_IMAGES", chunk)
+    monkeypatch.setattr(ijb_metrics, "_threads", lambda: threads)
     rng = np.random.default_rng(0)
     n = 300
     templates = rng.integers(0, 40, n) * 7 + 3

@@ -226,11 +226,16 @@ def pool_templates(features: np.ndarray, templates: np.ndarray, medias: np.ndarr
     t_img_start = g_start[tg_start]
 
     out = np.empty((n_t, x.shape[1]), dtype=np.float64)
+    # Chunks: templates [t0, t1) holding at most _POOL_CHUNK_IMAGES images (or one template when it alone is larger).
+    chunks = []
     t0 = 0
     while t0 < n_t:
-        # Templates [t0, t1) hold at most _POOL_CHUNK_IMAGES images (or one template when it alone is larger).
-        t1 = int(np.searchsorted(t_img_start, t_img_start[t0] + _POOL_CHUNK_IMAGES, side="left"))
-        t1 = max(t1, t0 + 1)
+        t1 = max(int(np.searchsorted(t_img_start, t_img_start[t0] + _POOL_CHUNK_IMAGES, side="left")), t0 + 1)
+        chunks.append((t0, t1))
+        t0 = t1
+
+    def pool(chunk: tuple[int, int]) -> None:
+        t0, t1 = chunk
         i0 = int(t_img_start[t0])
         i1 = int(t_img_start[t1]) if t1 < n_t else n
         g0 = int(tg_start[t0])
@@ -239,8 +244,8 @@ def pool_templates(features: np.ndarray, templates: np.ndarray, medias: np.ndarr
         media = _segment_sums(x, order[i0:i1], g_start[g0:g1] - i0, sizes)
         media /= sizes[:, None]
         out[t0:t1] = _segment_sums(media, None, tg_start[t0:t1] - g0, np.diff(np.append(tg_start[t0:t1], g1)))
-        t0 = t1
 
+    _run_threaded(pool, chunks)
     norms = np.sqrt(np.einsum("ij,ij->i", out, out))
     np.divide(out, norms[:, None], out=out, where=norms[:, None] > 0)
     return template_ids, out
@@ -429,6 +434,18 @@ def _threads() -> int:
         return os.cpu_count() or 1
 
 
+def _run_threaded(fn: Any, items: Sequence[Any]) -> None:
+    """``fn(item)`` for every item, on up to :data:`_SORT_THREADS` threads when there are several items (numpy
+    releases the GIL in the gathers, sums and sorts these run)."""
+    k = min(_threads(), _SORT_THREADS, len(items))
+    if k < 2:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(k) as pool:
+        list(pool.map(fn, items))
+
+
 def _sort_in_place(a: np.ndarray) -> np.ndarray:
     """``a`` sorted in place, on up to 4 cores for large arrays: an in-place partition at the quantiles splits it
     into pieces whose values do not overlap, and each piece is sorted in its own thread (numpy releases the GIL
@@ -440,8 +457,7 @@ def _sort_in_place(a: np.ndarray) -> np.ndarray:
     cuts = [a.size * i // k for i in range(1, k)]
     a.partition(cuts)
     bounds = [0, *cuts, a.size]
-    with ThreadPoolExecutor(k) as pool:
-        list(pool.map(lambda i: a[bounds[i] : bounds[i + 1]].sort(), range(k)))
+    _run_threaded(lambda i: a[bounds[i] : bounds[i + 1]].sort(), range(k))
     return a
 
 
