@@ -217,9 +217,13 @@ def test_pool_templates_matches_loops(monkeypatch, chunk, threads):
         (0, 8 * 5 * 64, 0, -(1 << 40)),
     ],
 )
-def test_score_pairs_matches_brute_force(monkeypatch, dense_ratio, block_bytes, scan_blocks, id_offset):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_score_pairs_matches_brute_force(monkeypatch, dense_ratio, block_bytes, scan_blocks, id_offset, threads):
     """Matrix-product and gather paths, several row blocks found by scanning or by sorting, lookup table and
-    binary-search id mapping."""
+    binary-search id mapping; a block's pairs read in chunks, one after another or on several threads."""
+    monkeypatch.setattr(ijb_metrics, "_threads", lambda: threads)
+    monkeypatch.setattr(ijb_metrics, "_PAIR_CHUNK", 37)
+    monkeypatch.setattr(ijb_metrics, "_GATHER_CHUNK", 29)
     monkeypatch.setattr(ijb_metrics, "_DENSE_RATIO", dense_ratio)
     monkeypatch.setattr(ijb_metrics, "_SCORE_BLOCK_BYTES", block_bytes)
     monkeypatch.setattr(ijb_metrics, "_SCAN_BLOCKS", scan_blocks)

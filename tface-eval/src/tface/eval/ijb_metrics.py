@@ -352,6 +352,20 @@ def score_pairs(template_ids: np.ndarray, template_features: np.ndarray, pairs: 
     # A contiguous range of columns (IJB: the probe templates) is a view, not an 80 MB copy.
     fc = f[c_ids[0] : c_ids[-1] + 1] if c_ids[-1] - c_ids[0] + 1 == c_ids.size else f[c_ids]
     buf = np.empty((block, c_ids.size), dtype=np.float64)  # reused: no page faults per block
+
+    def read(sel: np.ndarray, r0: int, sim: np.ndarray | None, fr: np.ndarray | None) -> None:
+        """Scores of the pairs ``sel`` of the block starting at row ``r0``: out of its product ``sim``, or (``sim``
+        None) as dot products of its rows ``fr`` with their columns."""
+        lr = row_of[r_key[sel]]
+        lr -= r0
+        lc = col_of[c_key[sel]]
+        if sim is not None:
+            lr *= c_ids.size
+            lr += lc
+            scores[sel] = np.take(sim, lr)
+        else:
+            scores[sel] = np.einsum("ij,ij->i", fr[lr], fc[lc])
+
     for b in range(n_blocks):
         # This block's pairs, ascending: a scan costs ~1 ms per million pairs.
         sel = np.flatnonzero(bucket == b) if order is None else order[bounds[b] : bounds[b + 1]]
@@ -359,23 +373,13 @@ def score_pairs(template_ids: np.ndarray, template_features: np.ndarray, pairs: 
             continue
         r0 = b * block
         r1 = min(r0 + block, r_ids.size)
-        dense = (r1 - r0) * c_ids.size <= _DENSE_RATIO * sel.size
-        if dense:
-            sim = np.matmul(f[r_ids[r0:r1]], fc.T, out=buf[: r1 - r0]).reshape(-1)
+        if (r1 - r0) * c_ids.size <= _DENSE_RATIO * sel.size:
+            sim, fr, step = np.matmul(f[r_ids[r0:r1]], fc.T, out=buf[: r1 - r0]).reshape(-1), None, _PAIR_CHUNK
         else:
-            fr = f[r_ids[r0:r1]]
-        step = _PAIR_CHUNK if dense else _GATHER_CHUNK
-        for k in range(0, sel.size, step):  # chunks: the index temporaries stay in cache
-            s = sel[k : k + step]
-            lr = row_of[r_key[s]]
-            lr -= r0
-            lc = col_of[c_key[s]]
-            if dense:
-                lr *= c_ids.size
-                lr += lc
-                scores[s] = np.take(sim, lr)
-            else:
-                scores[s] = np.einsum("ij,ij->i", fr[lr], fc[lc])
+            sim, fr, step = None, f[r_ids[r0:r1]], _GATHER_CHUNK
+        # chunks (the index temporaries stay in cache), on several threads: each writes its own pairs' scores
+        _run_threaded(lambda k, sel=sel, r0=r0, sim=sim, fr=fr, step=step: read(sel[k : k + step], r0, sim, fr),
+                      range(0, sel.size, step))
     return scores
 
 
