@@ -24,7 +24,7 @@ from tface.core.train.trainer import Trainer
 from tface.core.weights import load_into
 from tface.methods.vmf import UncertaintyHead
 
-SIDE = 112  # MobileFaceNet's map is 7 x 7 at 112 (the head needs >= 7)
+SIDE = 112  # MobileFaceNet's map is 7 x 7 at 112 (TFace's unpadded head)
 
 BASE = f'''
 seed = 4

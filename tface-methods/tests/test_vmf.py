@@ -231,10 +231,24 @@ def test_head_shape(size):
     assert bool(((out >= 0) & (out <= math.log(1e5))).all())
 
 
-def test_head_refuses_small_maps_and_bad_options():
-    head = UncertaintyHead(8)
-    with pytest.raises(ValueError, match="H, W >= 7"):
-        head(torch.randn(2, 8, 6, 7))
+def test_head_pads_small_maps_and_refuses_bad_options():
+    """Below 7 on a side each convolution sees the map zero-padded by one pixel: the result equals the same
+    weights applied by hand with padding 1 (and a 7x7 map is not padded)."""
+    torch.manual_seed(0)
+    head = UncertaintyHead(8).eval()
+    x = torch.randn(2, 8, 4, 4)
+    y = x
+    for layer in head.convs:
+        y = torch.nn.functional.conv2d(y, layer.weight, padding=1) if isinstance(layer, torch.nn.Conv2d) else layer(y)
+    assert y.shape == (2, 8, 1, 1)
+    torch.testing.assert_close(head(x), head.bound(head.mlp(y.flatten(1)).squeeze(1)), rtol=0, atol=0)
+    big = torch.randn(2, 8, 7, 7)
+    z = big
+    for layer in head.convs:
+        z = torch.nn.functional.conv2d(z, layer.weight) if isinstance(layer, torch.nn.Conv2d) else layer(z)
+    torch.testing.assert_close(head(big), head.bound(head.mlp(z.flatten(1)).squeeze(1)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"expected \[N, 8, H, W\]"):
+        head(torch.randn(2, 4, 7, 7))
     with pytest.raises(ValueError, match="kappa_min < kappa_max"):
         UncertaintyHead(8, kappa_min=10.0, kappa_max=1.0)
     with pytest.raises(ValueError, match="kappa_min < kappa_max"):

@@ -92,6 +92,37 @@ def test_the_numbers_are_evrc_called_directly(data, tmp_path):
                                              "ylabel": "FNMR"}
 
 
+class MapEnergy(torch.nn.Module):
+    """A confidence: exp(mean of the feature map), positive and different per image."""
+
+    def forward(self, fmap):
+        return fmap.float().mean((1, 2, 3)).exp()
+
+
+def test_quality_from_the_attached_confidence(data):
+    """quality = "confidence": each image is scored by the confidence its training method attached (SCF's κ); the
+    numbers are evrc() on exp(mean feature map) computed here from the model's own forward_features."""
+    from tface.core.attached import CONFIDENCE, attach
+
+    model, recognizer = toynet(data / "toynet.pt"), toynet(data / "toynet.pt")
+    table = dict(bins=[str(data / "pairs.bin")], recognizer={"name": "qtoynet", "checkpoint": str(data / "toynet.pt")},
+                 fmrs=list(FMRS), batch_size=80, max_ratio=0.5, quality="confidence")
+    with pytest.raises(ValueError, match=r'quality = "confidence" needs a per-image confidence attached'):
+        protocol(**table).evaluate(model, EvalContext(step=1))
+    attach(model, CONFIDENCE, MapEnergy())
+    [row] = protocol(**table).evaluate(model, EvalContext(step=1))
+    images, issame = read_bin(data / "pairs.bin")
+    x = torch.stack([decode_rgb(b) for b in images]).float() / 255.0
+    with torch.no_grad():
+        q = model.forward_features((x - 0.5) / 0.5)[1].mean((1, 2, 3)).exp().double().numpy()
+    e = embeddings(recognizer, [decode_rgb(b) for b in images], batch_size=80, flip=True).double()
+    idx = np.arange(len(issame)) * 2
+    want = evrc(q, idx, idx + 1, np.asarray(issame), (e[0::2] * e[1::2]).sum(1).numpy(), fmrs=FMRS, ratios=RATIOS)
+    check_row(row, want, q)
+    with pytest.raises(ValueError, match="drop `head`"):
+        protocol(**table, head=str(data / "toynet.pt"))
+
+
 def test_a_training_run_evaluates_with_the_head_it_trains(data, tmp_path):
     text = RECIPE + f'''
 [[eval]]

@@ -274,8 +274,9 @@ class UncertaintyHead(nn.Module):
     """Predicts log κ ``[N]`` from a backbone's last feature map ``[N, C, H, W]`` (TFace's UncertaintyNet_conv).
 
     Three 3×3 convolutions without padding or bias (C → C; ReLU after the first, BN + ReLU after the second, BN
-    after the third), global average pooling, then an MLP C → 256 → 128 → 1. H and W must be >= 7 (7 → 5 → 3 →
-    1 for the usual 7×7 map; larger maps are averaged).
+    after the third), global average pooling, then an MLP C → 256 → 128 → 1: 7 → 5 → 3 → 1 for the usual 7×7
+    map, larger maps are averaged. A map smaller than 7 on a side (a 64-px model's 4×4) is zero-padded by one pixel
+    before each convolution, so its side stays as it is; the weights are the same either way.
 
     log κ is squashed smoothly into ``[log kappa_min, log kappa_max]`` by
     ``lo + softplus(x - lo) - softplus(x - hi)``: ≈ x inside (TFace's head returned ≈ x), the bound outside,
@@ -314,10 +315,16 @@ class UncertaintyHead(nn.Module):
         )
 
     def forward(self, features: Tensor) -> Tensor:
-        if features.dim() != 4 or features.shape[2] < 7 or features.shape[3] < 7:
-            raise ValueError(f"UncertaintyHead: expected [N, C, H, W] with H, W >= 7, got {tuple(features.shape)}")
-        raw = self.mlp(self.convs(features).flatten(1)).squeeze(1)
-        return self.bound(raw)
+        if features.dim() != 4 or features.shape[1] != self.convs[0].in_channels:
+            raise ValueError(f"UncertaintyHead: expected [N, {self.convs[0].in_channels}, H, W], got "
+                             f"{tuple(features.shape)}")
+        x = features
+        small = min(x.shape[2], x.shape[3]) < 7
+        for layer in self.convs:
+            if small and isinstance(layer, nn.Conv2d):
+                x = F.pad(x, (1, 1, 1, 1))
+            x = layer(x)
+        return self.bound(self.mlp(x.flatten(1)).squeeze(1))
 
     def bound(self, raw: Tensor) -> Tensor:
         """The smooth clamp of raw outputs into ``[log kappa_min, log kappa_max]``."""

@@ -163,7 +163,7 @@ class _EvalModes:
             m.training = mode
 
 
-def quality_scores(model: nn.Module, head: QualityHead, images: Sequence[torch.Tensor] | torch.Tensor, *,
+def quality_scores(model: nn.Module, head: nn.Module, images: Sequence[torch.Tensor] | torch.Tensor, *,
                    device: torch.device | str = "cpu", batch_size: int = 64,
                    info: BackboneInfo | None = None) -> torch.Tensor:
     """Quality of each uint8 ``[3, H, W]`` image: ``head(feature map of model)``, float64 ``[N]`` on the CPU.

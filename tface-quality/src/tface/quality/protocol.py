@@ -26,13 +26,14 @@ import math
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import numpy as np
 import torch
 from torch import nn
 
+from tface.core.attached import CONFIDENCE, attached
 from tface.core.backbone import backbone_info
 from tface.core.config import option, options
 from tface.core.data.binfile import BinFormatError, read_bin
@@ -40,7 +41,7 @@ from tface.core.data.image import ImageDecodeError, decode_rgb
 from tface.core.protocol import EvalContext, Result
 from tface.core.reference import BackboneRef
 from tface.quality.evrc import DEFAULT_FMRS, DEFAULT_RATIOS, EVRCResult, evrc
-from tface.quality.head import QualityHead, attached_head, embeddings, load_quality_head, quality_scores, unfreeze
+from tface.quality.head import attached_head, embeddings, load_quality_head, quality_scores, unfreeze
 
 __all__ = ["EVRCProtocol", "bin_evrc", "evrc_numbers", "fmr_label"]
 
@@ -85,7 +86,7 @@ def _decoded(images: Sequence[bytes], lo: int, hi: int, source: Any) -> list[tor
     return out
 
 
-def bin_evrc(model: nn.Module, head: QualityHead, recognizer: nn.Module, path: str | os.PathLike, *,
+def bin_evrc(model: nn.Module, head: nn.Module, recognizer: nn.Module, path: str | os.PathLike, *,
              device: torch.device | str = "cpu", batch_size: int = 64, flip: bool = True,
              fmrs: Sequence[float] = DEFAULT_FMRS, ratios: np.ndarray | None = None
              ) -> tuple[EVRCResult, np.ndarray, np.ndarray, np.ndarray]:
@@ -153,7 +154,12 @@ class EVRCProtocol:
         batch_size: int = option(64, attrs.validators.gt(0)),
         # Recogniser flip test: the embedding of image + mirror (the quality model sees the image only).
         flip: bool = True,
+        # Where an image's quality comes from: "head" (a quality head, see `head`) or "confidence" (the per-image
+        # confidence the model's training method attached, e.g. SCF's κ; `head` must then be unset).
+        quality: Literal["head", "confidence"] = "head",
     ):
+        if quality == "confidence" and head is not None:
+            raise ValueError('quality = "confidence" scores images by the attached confidence; drop `head`')
         self.bins = [pathlib.Path(b) for b in bins]
         self.use_provided = use_provided
         self.recognizer = recognizer
@@ -164,6 +170,7 @@ class EVRCProtocol:
         self.ratios = DEFAULT_RATIOS[: round(self.max_ratio * 100) + 1]
         self.batch_size = batch_size
         self.flip = flip
+        self.quality = quality
 
     def datasets(self, ctx: EvalContext) -> list[tuple[str, pathlib.Path]]:
         """``(name, path)`` of every set: explicit ``bins`` first, then the provided ones (a name once)."""
@@ -190,7 +197,15 @@ class EVRCProtocol:
             problems.append(f"head: {self.head} {'is not a file' if self.head.exists() else 'does not exist'}")
         return problems
 
-    def _head(self, model: nn.Module, device: torch.device) -> QualityHead:
+    def _head(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module mapping the model's feature map to each image's quality."""
+        if self.quality == "confidence":
+            confidence = attached(unfreeze(model), CONFIDENCE)
+            if confidence is None:
+                raise ValueError('evrc: quality = "confidence" needs a per-image confidence attached to the model by '
+                                 'its training method ([method] name = "scf"): evaluate during that run or with '
+                                 "tface eval --run RUN_DIR; none is attached to this model")
+            return confidence
         channels = backbone_info(unfreeze(model)).feature_channels
         if channels is None:
             raise ValueError("evrc: the quality model's backbone offers no feature map (feature_channels), which "
