@@ -124,6 +124,25 @@ def test_cli_synth(tmp_path):
     assert len((tmp_path / "out" / "synthface.txt").read_text().splitlines()) == 8
 
 
+def test_cli_synth_hard_nuisance_and_hard_fraction(tmp_path):
+    """--nuisance hard renders the same identities with strong nuisance: the bytes are SynthFaceSource's own."""
+    args = ["--seed", "4", "--identities", "2", "--images-per-identity", "1", "--val-identities", "3", "--val-pairs",
+            "4", "--hard-fraction", "0", "--workers", "1"]
+    res = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "hard"), *args, "--nuisance", "hard"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    want = SynthFaceSource(seed=4, identities=2, images_per_identity=1, val_identities=3, val_pairs=4,
+                           hard_fraction=0.0, workers=1, nuisance="hard").generate(tmp_path / "ref")
+    assert (tmp_path / "hard" / "synthface-val.bin").read_bytes() == want.bin.read_bytes()
+    normal = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "normal"), *args], catch_exceptions=False)
+    assert normal.exit_code == 0
+    assert (tmp_path / "normal" / "synthface-val.bin").read_bytes() != want.bin.read_bytes()
+    res = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "x"), "--nuisance", "extreme"])
+    assert res.exit_code == 2 and "'extreme' is not one of 'normal', 'hard'" in res.output
+    res = CliRunner().invoke(cli, ["data", "synth", str(tmp_path / "y"), "--hard-fraction", "1.5"])
+    assert res.exit_code == 2 and "--hard-fraction" in res.output and "between 0 and 1" in res.output
+
+
 # --- output folder rules and option validation -------------------------------------------------------------
 
 TINY = ["--identities", "2", "--images-per-identity", "1", "--val-identities", "2", "--val-pairs", "2",

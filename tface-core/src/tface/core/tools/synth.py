@@ -33,12 +33,17 @@ def _shares(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--groups", default=None, callback=_shares, metavar="SHARES",
               help="Training shares of the looks A,B,C,D (1 to 4, comma-separated, normalised), e.g. "
                    "0.55,0.25,0.12,0.08; each look also gets a held-out group-<NAME>_test.bin.")
+@click.option("--hard-fraction", default=None, type=float,
+              help="Share of the impostor pairs that are look-alike siblings (default 0.5).")
+@click.option("--nuisance", default=None, type=click.Choice(["normal", "hard"]),
+              help="hard: the same identities with strong nuisance (turns, occluders, harsh light, blur, noise).")
 @click.option("--workers", default=0, show_default=True, type=int, help="Processes (0 = one per CPU core).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty OUT_DIR: replaces the files tface wrote there, keeps all others.")
 def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_identity: int | None,
               val_identities: int | None, val_pairs: int | None, image_size: int | None,
-              groups: list[float] | None, workers: int, overwrite: bool) -> None:
+              groups: list[float] | None, hard_fraction: float | None, nuisance: str | None, workers: int,
+              overwrite: bool) -> None:
     """Generate a SynthFace data set: TFRecord shards + index, and a verification .bin.
 
     OUT_DIR must be new or empty (or already hold this very set, which is then reused); --overwrite
@@ -49,10 +54,11 @@ def synth_cmd(out_dir: Path, seed: int, identities: int | None, images_per_ident
 
     opts = {k: v for k, v in {"identities": identities, "images_per_identity": images_per_identity,
                               "val_identities": val_identities, "val_pairs": val_pairs,
-                              "image_size": image_size, "groups": groups}.items() if v is not None}
+                              "image_size": image_size, "groups": groups,
+                              "hard_fraction": hard_fraction}.items() if v is not None}
     for key, message in SynthFaceSource.problems(seed=seed, workers=workers, **opts):
         raise click.BadParameter(message, param_hint=f"'--{key.replace('_', '-')}'")
-    source = SynthFaceSource(seed=seed, cache_dir=out_dir, workers=workers, **opts)
+    source = SynthFaceSource(seed=seed, cache_dir=out_dir, workers=workers, nuisance=nuisance or "normal", **opts)
     t0 = time.perf_counter()
     reused = source.is_complete(out_dir)
     try:
