@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1] / "recipes" / "methods"
 
 
 def test_every_method_recipe_is_tested():
-    assert sorted(p.name for p in ROOT.glob("*.toml")) == ["ddl.toml", "ddl_synthface.toml", "plain_synthface.toml",
-                                                           "scf.toml", "sdd_fiqa.toml"]
+    assert sorted(p.name for p in ROOT.glob("*.toml")) == ["arcface_synthface.toml", "cifp_synthface.toml", "ddl.toml",
+                                                           "ddl_synthface.toml", "plain_synthface.toml", "scf.toml",
+                                                           "scf_synthface.toml", "sdd_fiqa.toml"]
 
 
 def test_ddl_recipe_dry_run(tmp_path):
@@ -101,6 +102,41 @@ def test_synthface_ddl_recipes_dry_run(tmp_path, name, branches, method):
     assert (data["train"]["max_steps"], data["train"]["lr"]) == (300, 0.02)
     missing = CliRunner().invoke(cli, ["run", str(ROOT / name), "--dry-run"])
     assert missing.exit_code != 0 and "runs/quickstart/checkpoints/backbone.pt" in missing.output
+
+
+def test_cifp_and_arcface_synthface_recipes_differ_only_in_the_head():
+    """The fairness pair: grouped SynthFace, the same model, schedule and evaluations (rfw on the provided groups)."""
+    out = {}
+    for name in ("arcface_synthface.toml", "cifp_synthface.toml"):
+        res = CliRunner().invoke(cli, ["run", str(ROOT / name), "--dry-run"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        out[name] = tomllib.loads(res.output.partition("# components")[0])
+    arc, cifp = out["arcface_synthface.toml"], out["cifp_synthface.toml"]
+    assert arc["head"] == {"name": "arcface", "s": 16.0, "m": 0.1, "easy_margin": False}
+    assert cifp["head"] == {"name": "cifp", "s": 16.0, "m": 0.1}
+    assert {k: v for k, v in arc.items() if k != "head"} == {k: v for k, v in cifp.items() if k != "head"}
+    assert arc["data"]["groups"] == [0.55, 0.25, 0.12, 0.08]
+    assert [e["name"] for e in arc["eval"]] == ["verification", "rfw"] and "root" not in arc["eval"][1]
+
+
+def test_scf_synthface_recipe_dry_run(tmp_path):
+    """SCF on the quickstart's frozen model, its κ scored as a quality by evrc; the quickstart's files are named."""
+    for name in ("backbone.pt", "last.pt"):
+        (tmp_path / name).write_bytes(b"")
+    sets = [f'backbone.checkpoint="{tmp_path / "backbone.pt"}"', f'classifier.checkpoint="{tmp_path / "last.pt"}"',
+            f'eval.0.recognizer.checkpoint="{tmp_path / "backbone.pt"}"']
+    args = ["run", str(ROOT / "scf_synthface.toml"), "--dry-run"]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    data = tomllib.loads(res.output.partition("# components")[0])
+    assert data["method"] == {"name": "scf", "radius": 16.0, "kappa_min": 1.0, "kappa_max": 1e5}
+    assert (data["eval"][0]["name"], data["eval"][0]["quality"]) == ("evrc", "confidence")
+    assert (data["backbone"]["input_size"], data["data"]["image_size"]) == (64, 64)
+    missing = CliRunner().invoke(cli, ["run", str(ROOT / "scf_synthface.toml"), "--dry-run"])
+    assert missing.exit_code != 0 and "runs/quickstart/checkpoints/backbone.pt" in missing.output
+    assert "runs/quickstart/checkpoints/last.pt" in missing.output
 
 
 def test_placeholders_are_reported_as_missing_inputs():
