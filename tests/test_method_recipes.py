@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1] / "recipes" / "methods"
 def test_every_method_recipe_is_tested():
     assert sorted(p.name for p in ROOT.glob("*.toml")) == ["arcface_synthface.toml", "cifp_synthface.toml", "ddl.toml",
                                                            "ddl_synthface.toml", "plain_synthface.toml", "scf.toml",
-                                                           "scf_synthface.toml", "sdd_fiqa.toml"]
+                                                           "scf_synthface.toml", "sdd_fiqa.toml",
+                                                           "sdd_fiqa_synthface.toml"]
 
 
 def test_ddl_recipe_dry_run(tmp_path):
@@ -137,6 +138,26 @@ def test_scf_synthface_recipe_dry_run(tmp_path):
     missing = CliRunner().invoke(cli, ["run", str(ROOT / "scf_synthface.toml"), "--dry-run"])
     assert missing.exit_code != 0 and "runs/quickstart/checkpoints/backbone.pt" in missing.output
     assert "runs/quickstart/checkpoints/last.pt" in missing.output
+
+
+def test_sdd_fiqa_synthface_recipe_dry_run(tmp_path):
+    """The quality regression on the quickstart's photos and model; its evrc reads a copy of the quickstart's .bin."""
+    for name in ("backbone.pt", "q.txt", "val.bin"):
+        (tmp_path / name).write_bytes(b"")
+    sets = [f'backbone.checkpoint="{tmp_path / "backbone.pt"}"', f'data.list="{tmp_path / "q.txt"}"',
+            f'eval.0.recognizer.checkpoint="{tmp_path / "backbone.pt"}"', f'eval.0.bins=["{tmp_path / "val.bin"}"]']
+    args = ["run", str(ROOT / "sdd_fiqa_synthface.toml"), "--dry-run"]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    data = tomllib.loads(res.output.partition("# components")[0])
+    assert (data["method"]["name"], data["method"]["freeze_backbone"]) == ("quality_regression", False)
+    assert (data["data"]["name"], data["data"]["image_size"]) == ("quality_list", 64)
+    assert data["backbone"]["input_size"] == 64
+    assert (data["train"]["max_steps"], data["train"]["batch_size"]) == (300, 64)
+    missing = CliRunner().invoke(cli, ["run", str(ROOT / "sdd_fiqa_synthface.toml"), "--dry-run"])
+    assert missing.exit_code != 0 and "runs/synthface-quality.txt" in missing.output
 
 
 def test_placeholders_are_reported_as_missing_inputs():

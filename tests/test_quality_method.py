@@ -41,7 +41,7 @@ def test_the_sdd_fiqa_recipe_trains_evaluates_and_scores(tmp_path):
             "train.batch_size=8", "train.num_workers=0", "train.log_every=1", "train.threads=1",
             f'eval.0.bins=["{tmp_path / "pairs.bin"}"]', "eval.0.fmrs=[0.25]", "eval.0.max_ratio=0.25",
             f'eval.0.recognizer={{name="mobilefacenet", embedding_size=64, input_size={SIDE}, '
-            f'checkpoint="{tmp_path / "mfn.pt"}"}}', f'eval.0.plot_dir="{out / "plots"}"']
+            f'checkpoint="{tmp_path / "mfn.pt"}"}}']
     args = ["run", str(RECIPE), "--device", "cpu", "--output-dir", str(out)]
     for s in sets:
         args += ["--set", s]
@@ -50,7 +50,7 @@ def test_the_sdd_fiqa_recipe_trains_evaluates_and_scores(tmp_path):
     [row] = json.loads((out / "report.json").read_text())["results"]
     assert (row["protocol"], row["dataset"], row["stage"], row["pairs"]) == ("evrc", "pairs", "trained", 8)
     assert 0.0 <= row["aoc@fmr=0.25"] <= 1.0 and row["aoc"] == row["aoc@fmr=0.25"]
-    assert (out / "plots" / "evrc-pairs.png").is_file()
+    assert (out / "evrc-evrc-pairs.png").read_bytes()[:4] == b"\x89PNG"  # drawn into the run folder by core
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["method"]["quality"]["quality.3.weight"].shape == (1, 512 * 49)  # 512 channels x 7 x 7
     assert not torch.equal(state["backbone"]["conv1.conv.weight"], net.state_dict()["conv1.conv.weight"])
