@@ -17,6 +17,14 @@ from tface.core.cli import cli
 ROOT = Path(__file__).resolve().parents[1] / "recipes" / "methods"
 
 
+def dry_run(name: str, *sets: str):
+    """``tface run recipes/methods/NAME --dry-run --set S ...``: the result (exit code, output)."""
+    args = ["run", str(ROOT / name), "--dry-run"]
+    for s in sets:
+        args += ["--set", s]
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
 def test_every_method_recipe_is_tested():
     assert sorted(p.name for p in ROOT.glob("*.toml")) == ["arcface_synthface.toml", "cifp_synthface.toml", "ddl.toml",
                                                            "ddl_synthface.toml", "plain_synthface.toml", "scf.toml",
@@ -32,10 +40,7 @@ def test_ddl_recipe_dry_run(tmp_path):
         sets.append(f'data.{i}.index="{tmp_path / f"{i}.txt"}"')
     (tmp_path / "backbone.pt").write_bytes(b"")
     sets.append(f'backbone.checkpoint="{tmp_path / "backbone.pt"}"')
-    args = ["run", str(ROOT / "ddl.toml"), "--dry-run"]
-    for s in sets:
-        args += ["--set", s]
-    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    res = dry_run("ddl.toml", *sets)
     assert res.exit_code == 0, res.output
     text, _, comps = res.output.partition("# components")
     data = tomllib.loads(text)
@@ -51,10 +56,8 @@ def test_scf_recipe_dry_run(tmp_path):
     for f in (index, backbone, head):
         f.write_bytes(b"")
     (tmp_path / "tfr").mkdir()
-    args = ["run", str(ROOT / "scf.toml"), "--dry-run", "--set", f'data.index="{index}"', "--set",
-            f'data.root="{tmp_path / "tfr"}"', "--set", f'backbone.checkpoint="{backbone}"', "--set",
-            f'classifier.checkpoint="{head}"']
-    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    res = dry_run("scf.toml", f'data.index="{index}"', f'data.root="{tmp_path / "tfr"}"',
+                  f'backbone.checkpoint="{backbone}"', f'classifier.checkpoint="{head}"')
     assert res.exit_code == 0, res.output
     text, _, comps = res.output.partition("# components")
     data = tomllib.loads(text)
@@ -67,10 +70,9 @@ def test_sdd_fiqa_recipe_dry_run(tmp_path):
     files = {k: tmp_path / f"{k}.x" for k in ("list", "backbone", "bin", "recognizer")}
     for f in files.values():
         f.write_bytes(b"")
-    args = ["run", str(ROOT / "sdd_fiqa.toml"), "--dry-run", "--set", f'data.list="{files["list"]}"', "--set",
-            f'backbone.checkpoint="{files["backbone"]}"', "--set", f'eval.0.bins=["{files["bin"]}"]', "--set",
-            f'eval.0.recognizer={{name="ir_50", checkpoint="{files["recognizer"]}"}}']
-    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    res = dry_run("sdd_fiqa.toml", f'data.list="{files["list"]}"', f'backbone.checkpoint="{files["backbone"]}"',
+                  f'eval.0.bins=["{files["bin"]}"]',
+                  f'eval.0.recognizer={{name="ir_50", checkpoint="{files["recognizer"]}"}}')
     assert res.exit_code == 0, res.output
     text, _, comps = res.output.partition("# components")
     data = tomllib.loads(text)
@@ -92,8 +94,7 @@ def test_sdd_fiqa_recipe_dry_run(tmp_path):
 def test_synthface_ddl_recipes_dry_run(tmp_path, name, branches, method):
     """The DDL-on-SynthFace pair: the same data, model, schedule and steps; only the pairs and the method differ."""
     (tmp_path / "backbone.pt").write_bytes(b"")
-    res = CliRunner().invoke(cli, ["run", str(ROOT / name), "--dry-run", "--set",
-                                   f'backbone.checkpoint="{tmp_path / "backbone.pt"}"'], catch_exceptions=False)
+    res = dry_run(name, f'backbone.checkpoint="{tmp_path / "backbone.pt"}"')
     assert res.exit_code == 0, res.output
     data = tomllib.loads(res.output.partition("# components")[0])
     assert [d["branch"] for d in data["data"]] == branches
@@ -109,7 +110,7 @@ def test_cifp_and_arcface_synthface_recipes_differ_only_in_the_head():
     """The fairness pair: grouped SynthFace, the same model, schedule and evaluations (rfw on the provided groups)."""
     out = {}
     for name in ("arcface_synthface.toml", "cifp_synthface.toml"):
-        res = CliRunner().invoke(cli, ["run", str(ROOT / name), "--dry-run"], catch_exceptions=False)
+        res = dry_run(name)
         assert res.exit_code == 0, res.output
         out[name] = tomllib.loads(res.output.partition("# components")[0])
     arc, cifp = out["arcface_synthface.toml"], out["cifp_synthface.toml"]
@@ -126,10 +127,7 @@ def test_scf_synthface_recipe_dry_run(tmp_path):
         (tmp_path / name).write_bytes(b"")
     sets = [f'backbone.checkpoint="{tmp_path / "backbone.pt"}"', f'classifier.checkpoint="{tmp_path / "last.pt"}"',
             f'eval.0.recognizer.checkpoint="{tmp_path / "backbone.pt"}"']
-    args = ["run", str(ROOT / "scf_synthface.toml"), "--dry-run"]
-    for s in sets:
-        args += ["--set", s]
-    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    res = dry_run("scf_synthface.toml", *sets)
     assert res.exit_code == 0, res.output
     data = tomllib.loads(res.output.partition("# components")[0])
     assert data["method"] == {"name": "scf", "radius": 16.0, "kappa_min": 1.0, "kappa_max": 1e5}
@@ -146,10 +144,7 @@ def test_sdd_fiqa_synthface_recipe_dry_run(tmp_path):
         (tmp_path / name).write_bytes(b"")
     sets = [f'backbone.checkpoint="{tmp_path / "backbone.pt"}"', f'data.list="{tmp_path / "q.txt"}"',
             f'eval.0.recognizer.checkpoint="{tmp_path / "backbone.pt"}"', f'eval.0.bins=["{tmp_path / "val.bin"}"]']
-    args = ["run", str(ROOT / "sdd_fiqa_synthface.toml"), "--dry-run"]
-    for s in sets:
-        args += ["--set", s]
-    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    res = dry_run("sdd_fiqa_synthface.toml", *sets)
     assert res.exit_code == 0, res.output
     data = tomllib.loads(res.output.partition("# components")[0])
     assert (data["method"]["name"], data["method"]["freeze_backbone"]) == ("quality_regression", False)

@@ -36,7 +36,7 @@ from tface.core.fsutil import atomic_write_bytes
 from tface.core.protocol import EvalContext, check_inputs
 from tface.core.recipe import Component
 from tface.core.report import benchmark_table, markdown_table, write_plots
-from tface.core.weights import WeightsError, load_into
+from tface.core.weights import WeightsError, load_into, read_file
 
 __all__ = [
     "EvalError",
@@ -283,10 +283,11 @@ def _attach_method(plan: EvalPlan, model: nn.Module, say: Callable[[str], None])
         return
     last = plan.run_dir / "checkpoints" / LAST
     try:
-        state = torch.load(last, map_location="cpu", weights_only=True).get("method")
-    except (OSError, RuntimeError, ValueError, AttributeError, EOFError) as exc:
+        checkpoint = read_file(last)
+    except WeightsError as exc:
         say(f"note: method {plan.method.name!r}: nothing attached for evaluation, {last} could not be read ({exc})")
         return
+    state = checkpoint.get("method") if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, dict) or not state:
         say(f"note: method {plan.method.name!r}: nothing attached for evaluation, {last} holds no method modules")
         return
